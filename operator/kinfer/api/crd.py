@@ -1,0 +1,190 @@
+"""Generate the InferenceService CRD from the pydantic models.
+
+pydantic emits JSON Schema (draft 2020-12); a CRD wants a structural OpenAPI v3.0 subset. This
+module inlines references, maps the few constructs that differ, and adds the cross-field rules as
+CEL ``x-kubernetes-validations``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from kinfer.api import v1alpha1 as api
+from kinfer.api.rules import ApiModel, Rule
+
+# Root-level rules: the API server lets CEL on the root see metadata.name.
+NAME_RULES = (
+    Rule(
+        cel=f"size(self.metadata.name) <= {api.MAX_NAME_LENGTH}",
+        message=f"metadata.name: must be at most {api.MAX_NAME_LENGTH} characters "
+        "(it names Deployments, Services and pods)",
+        holds=lambda name: len(name) <= api.MAX_NAME_LENGTH,
+    ),
+    Rule(
+        cel=f"self.metadata.name.matches('{api.NAME_PATTERN}')",
+        message="metadata.name: must be a DNS-1035 label: lower-case letters, digits and '-', "
+        "starting with a letter",
+        holds=lambda name: re.fullmatch(api.NAME_PATTERN, name) is not None,
+    ),
+)
+
+PRINTER_COLUMNS = [
+    {
+        "name": "Ready",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+    },
+    {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
+    {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"},
+    {
+        "name": "P95",
+        "type": "number",
+        "jsonPath": ".status.metrics.p95LatencyMs",
+        "description": "95th-percentile latency in milliseconds",
+    },
+    {
+        "name": "Queue",
+        "type": "number",
+        "jsonPath": ".status.metrics.queueDepth",
+        "description": "Requests waiting or in flight per replica",
+    },
+    {"name": "Canary", "type": "string", "jsonPath": ".status.canary.summary"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+_DROP = {"title"}
+
+
+def _rules_of(ref: str) -> tuple[Rule, ...]:
+    model = getattr(api, ref.rsplit("/", 1)[-1], None)
+    if isinstance(model, type) and issubclass(model, ApiModel):
+        return model.rules
+    return ()
+
+
+def _structural(node: Any, defs: dict[str, Any]) -> Any:
+    """Rewrite one pydantic JSON-Schema node into a structural OpenAPI v3 node."""
+    if isinstance(node, list):
+        return [_structural(n, defs) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = dict(node)
+    rules: tuple[Rule, ...] = ()
+    if "$ref" in node:
+        ref = node.pop("$ref")
+        rules = _rules_of(ref)
+        target = defs[ref.rsplit("/", 1)[-1]]
+        # Sibling keys (description, default) of the reference win over the target's.
+        node = {**target, **node}
+    if "anyOf" in node:
+        # X | None: the field is simply optional in the CRD.
+        options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
+        if len(options) != 1:
+            raise ValueError(f"unsupported union in API model: {options}")
+        inner = options[0]
+        if "$ref" in inner:
+            rules = _rules_of(inner["$ref"])
+        node = {**_structural(inner, defs), **{k: v for k, v in node.items() if k != "default"}}
+        if node.get("default") is None:
+            node.pop("default", None)
+    for key in ("exclusiveMinimum", "exclusiveMaximum"):
+        if isinstance(node.get(key), int | float):
+            node["minimum" if key == "exclusiveMinimum" else "maximum"] = node[key]
+            node[key] = True
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    out = {k: _structural(v, defs) for k, v in node.items() if k not in _DROP and k != "required"}
+    if isinstance(out.get("description"), str):
+        out["description"] = " ".join(out["description"].split())
+    if isinstance(out.get("default"), dict):
+        # An empty object default lets the API server apply each property's own default inside it.
+        out["default"] = {}
+    if node.get("required"):
+        out["required"] = node["required"]
+    if out.get("additionalProperties") is True or "properties" in out:
+        # Structural schemas allow neither; preserve-unknown-fields says "anything" instead.
+        out.pop("additionalProperties", None)
+    if rules:
+        out["x-kubernetes-validations"] = [r.as_crd() for r in rules]
+    return out
+
+
+def schema_of(model: type[BaseModel]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.pop("$defs", {})
+    schema: dict[str, Any] = _structural(raw, defs)
+    if isinstance(model, type) and issubclass(model, ApiModel) and model.rules:
+        schema["x-kubernetes-validations"] = [r.as_crd() for r in model.rules]
+    return schema
+
+
+def _ordered(node: Any) -> Any:
+    """Put keys in a stable, readable order: type and description first, properties sorted."""
+    if isinstance(node, list):
+        return [_ordered(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    first = [k for k in ("type", "description", "format") if k in node]
+    rest = sorted(k for k in node if k not in first)
+    out = {k: _ordered(node[k]) for k in first + rest}
+    if "properties" in out:
+        out["properties"] = {k: out["properties"][k] for k in sorted(out["properties"])}
+    return out
+
+
+def crd() -> dict[str, Any]:
+    spec_schema = schema_of(api.InferenceServiceSpec)
+    status_schema = schema_of(api.InferenceServiceStatus)
+    root: dict[str, Any] = {
+        "type": "object",
+        "description": "InferenceService runs a model behind the Open Inference Protocol v2 with "
+        "GPU scheduling, autoscaling on queue depth and latency, and canary or A/B rollouts.",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string", "description": "kinfer.dev/v1alpha1"},
+            "kind": {"type": "string", "description": "InferenceService"},
+            "metadata": {"type": "object"},
+            "spec": spec_schema,
+            "status": status_schema,
+        },
+        "x-kubernetes-validations": [r.as_crd() for r in NAME_RULES],
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{api.PLURAL}.{api.GROUP}",
+            "labels": {"app.kubernetes.io/part-of": "kinfer"},
+        },
+        "spec": {
+            "group": api.GROUP,
+            "names": {
+                "kind": api.KIND,
+                "listKind": f"{api.KIND}List",
+                "plural": api.PLURAL,
+                "singular": api.SINGULAR,
+                "shortNames": list(api.SHORT_NAMES),
+                "categories": ["kinfer"],
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": api.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {"openAPIV3Schema": _ordered(root)},
+                }
+            ],
+        },
+    }
+
+
+def crd_yaml() -> str:
+    header = "# Generated by `kinfer crd` from operator/kinfer/api/v1alpha1.py. Do not edit.\n"
+    return header + yaml.safe_dump(crd(), sort_keys=False, width=100, allow_unicode=True)

@@ -1,0 +1,437 @@
+"""The InferenceService API, kinfer.dev/v1alpha1.
+
+These models are the source of truth: the CRD under ``crds/`` is generated from them
+(``kinfer crd``), and every docstring below becomes ``kubectl explain`` text, so each one says the
+unit, the range and the default.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field
+
+from kinfer.api.rules import ApiModel, Rule
+
+GROUP = "kinfer.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "InferenceService"
+PLURAL = "inferenceservices"
+SINGULAR = "inferenceservice"
+SHORT_NAMES = ("kisvc",)
+
+# Names become Deployment, Service and pod names; "-canary" and the pod-template hash must still fit
+# in a 63-character DNS label, hence the shorter bound.
+MAX_NAME_LENGTH = 45
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
+LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"  # noqa: E501
+MODEL_URI_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^/]+)*/?|file:///.+)$"
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$"
+
+
+def _check_uri(uri: str) -> str:
+    if not re.fullmatch(MODEL_URI_PATTERN, uri):
+        raise ValueError("must be pvc://CLAIM/PATH or file:///PATH")
+    return uri
+
+
+class Model(ApiModel):
+    """Where the model lives and how it is packaged."""
+
+    uri: Annotated[
+        str,
+        AfterValidator(_check_uri),
+        Field(min_length=1, json_schema_extra={"pattern": MODEL_URI_PATTERN}),
+    ]
+    """Location of the model. pvc://CLAIM/PATH mounts the PersistentVolumeClaim CLAIM read-only and
+    loads PATH inside it; file:///PATH loads a path that exists in the runtime image or on the node
+    (development). Required."""
+
+    format: Literal["torchscript", "torch-export"] = "torchscript"
+    """How the model is packaged: torchscript (torch.jit.save) or torch-export (torch.export.save
+    archive). Default torchscript."""
+
+
+class Batching(ApiModel):
+    """Dynamic batching in the model server."""
+
+    rules = (
+        Rule(
+            cel="self.maxQueue >= self.maxBatchSize",
+            message="maxQueue must be at least maxBatchSize, or a full batch could never queue",
+            holds=lambda b: b.max_queue >= b.max_batch_size,
+            field="maxQueue",
+        ),
+    )
+
+    max_batch_size: Annotated[int, Field(ge=1, le=1024)] = 32
+    """Largest batch, in rows, sent to one forward pass. 1 disables batching. Range 1-1024,
+    default 32."""
+
+    max_delay_ms: Annotated[int, Field(ge=0, le=1000)] = 5
+    """Longest time, in milliseconds, the first queued request waits for a batch to fill.
+    Range 0-1000, default 5."""
+
+    max_queue: Annotated[int, Field(ge=1, le=100000)] = 512
+    """Rows allowed to wait per replica; beyond it requests are refused at once with HTTP 429 /
+    gRPC RESOURCE_EXHAUSTED. Range 1-100000, default 512."""
+
+
+class Runtime(ApiModel):
+    """The model server that runs in each pod."""
+
+    server: Literal["kinfer", "triton"] = "kinfer"
+    """Server implementation: kinfer (kinfer-runtime) or triton (NVIDIA Triton; same Open Inference
+    Protocol v2). Default kinfer."""
+
+    image: str = ""
+    """Container image of the server. Empty means the operator's configured default for the
+    chosen server."""
+
+    batching: Batching = Batching()
+    """Dynamic batching settings."""
+
+
+class Resources(ApiModel):
+    """Compute for each model-server pod."""
+
+    rules = (
+        Rule(
+            cel="self.gpuProduct == '' || self.gpu >= 1",
+            message="gpuProduct needs gpu >= 1",
+            holds=lambda r: r.gpu_product == "" or r.gpu >= 1,
+            field="gpuProduct",
+        ),
+    )
+
+    gpu: Annotated[int, Field(ge=0, le=16)] = 0
+    """Whole GPUs (nvidia.com/gpu) per pod. Range 0-16, default 0 (CPU only)."""
+
+    gpu_product: Annotated[
+        str, Field(max_length=128, pattern=r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?$")
+    ] = ""
+    """GPU model to schedule on, matched against the node label nvidia.com/gpu.product
+    (e.g. NVIDIA-L4). Empty means any GPU. Needs gpu >= 1."""
+
+    cpu: Annotated[str, Field(pattern=QUANTITY_PATTERN)] = "1"
+    """CPU request per pod, as a Kubernetes quantity (e.g. 500m, 2). Default 1."""
+
+    memory: Annotated[str, Field(pattern=QUANTITY_PATTERN)] = "2Gi"
+    """Memory request and limit per pod, as a Kubernetes quantity (e.g. 8Gi). Default 2Gi."""
+
+
+class Toleration(ApiModel):
+    """A toleration added to the model-server pods (same meaning as in a Pod spec)."""
+
+    key: str = ""
+    """Taint key to tolerate. Empty with operator Exists tolerates every taint."""
+
+    operator: Literal["Exists", "Equal"] = "Equal"
+    """Exists or Equal. Default Equal."""
+
+    value: str = ""
+    """Taint value to match when operator is Equal."""
+
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
+    """Taint effect to match; empty matches all effects."""
+
+    toleration_seconds: Annotated[int, Field(ge=0)] | None = None
+    """For NoExecute: seconds the pod stays bound after the taint appears. Unset means forever."""
+
+
+class Scheduling(ApiModel):
+    """Where model-server pods may run, in addition to what resources.gpu and gpuProduct imply."""
+
+    node_selector: dict[str, str] = {}
+    """Extra node labels the pods require. Merged with the GPU product selector."""
+
+    tolerations: list[Toleration] = []
+    """Extra tolerations. A toleration for nvidia.com/gpu:NoSchedule is always added when
+    resources.gpu >= 1."""
+
+    affinity: Annotated[
+        dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    ] = {}
+    """Pod affinity rules, passed through to the pod spec unchanged."""
+
+    priority_class_name: str = ""
+    """PriorityClass of the pods. Empty means the cluster default."""
+
+
+class Targets(ApiModel):
+    """What the autoscaler keeps each replica at."""
+
+    queue_depth_per_replica: Annotated[float, Field(gt=0, le=10000)] = 4
+    """Requests waiting or in flight per replica the autoscaler aims for. Greater than 0,
+    default 4."""
+
+    p95_latency_ms: Annotated[int, Field(ge=1, le=600000)] = 250
+    """95th-percentile request latency, in milliseconds, the autoscaler keeps replicas under.
+    Range 1-600000, default 250."""
+
+
+class ScaleToZero(ApiModel):
+    """Scaling to no replicas when there is no traffic."""
+
+    enabled: bool = False
+    """Scale to 0 replicas after idleSeconds without requests. Default false."""
+
+    idle_seconds: Annotated[int, Field(ge=30, le=86400)] = 600
+    """Seconds without a request before scaling to zero. Range 30-86400, default 600."""
+
+
+class Scaling(ApiModel):
+    """How many model-server replicas run."""
+
+    rules = (
+        Rule(
+            cel="self.minReplicas <= self.maxReplicas",
+            message="minReplicas must be less than or equal to maxReplicas",
+            holds=lambda s: s.min_replicas <= s.max_replicas,
+            field="minReplicas",
+        ),
+        Rule(
+            cel="self.minReplicas >= 1 || self.scaleToZero.enabled",
+            message="minReplicas 0 needs scaleToZero.enabled",
+            holds=lambda s: s.min_replicas >= 1 or s.scale_to_zero.enabled,
+            field="minReplicas",
+        ),
+        Rule(
+            cel="!self.scaleToZero.enabled || self.mode == 'metrics'",
+            message="scaleToZero needs mode metrics",
+            holds=lambda s: not s.scale_to_zero.enabled or s.mode == "metrics",
+            field="scaleToZero.enabled",
+        ),
+    )
+
+    mode: Literal["metrics", "hpa", "fixed"] = "metrics"
+    """metrics: the operator scales on queue depth and p95 latency read from Prometheus.
+    hpa: a HorizontalPodAutoscaler on the same signals (needs prometheus-adapter).
+    fixed: exactly minReplicas replicas. Default metrics."""
+
+    min_replicas: Annotated[int, Field(ge=0, le=1000)] = 1
+    """Fewest replicas. 0 only with scaleToZero.enabled. Range 0-1000, default 1."""
+
+    max_replicas: Annotated[int, Field(ge=1, le=1000)] = 8
+    """Most replicas. Range 1-1000, default 8."""
+
+    targets: Targets = Targets()
+    """Per-replica targets."""
+
+    scale_up_stabilization_seconds: Annotated[int, Field(ge=0, le=3600)] = 0
+    """Seconds a higher recommendation must hold before scaling up. Range 0-3600, default 0."""
+
+    scale_down_stabilization_seconds: Annotated[int, Field(ge=0, le=3600)] = 300
+    """Seconds the highest recommendation of the window is kept before scaling down.
+    Range 0-3600, default 300 (the HPA default)."""
+
+    max_scale_up_rate: Annotated[float, Field(ge=1, le=1000)] = 10
+    """Most a scale-up may multiply the current replicas by in one step. Range 1-1000,
+    default 10."""
+
+    scale_to_zero: ScaleToZero = ScaleToZero()
+    """Scale to zero when idle."""
+
+
+class Analysis(ApiModel):
+    """What a canary step must show before it moves on. Compared on the same window as stable."""
+
+    max_p95_latency_ms: Annotated[int, Field(ge=1, le=600000)] = 300
+    """Highest canary p95 latency, in milliseconds. Range 1-600000, default 300."""
+
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
+    """Highest fraction of canary requests answered with 5xx. Range 0-1, default 0.01."""
+
+    min_requests: Annotated[int, Field(ge=0, le=10_000_000)] = 100
+    """Requests the canary must have served in a step before a verdict. Default 100."""
+
+
+class Canary(ApiModel):
+    """A new model rolled out in weighted steps. Present means a canary is running."""
+
+    rules = (
+        Rule(
+            cel="self.steps.isSorted()",
+            message="steps must be strictly increasing",
+            holds=lambda c: all(a < b for a, b in zip(c.steps, c.steps[1:], strict=False)),
+            field="steps",
+        ),
+        Rule(
+            cel="self.steps[size(self.steps) - 1] == 100",
+            message="steps must end at 100",
+            holds=lambda c: c.steps[-1] == 100,
+            field="steps",
+        ),
+    )
+
+    model: Model
+    """The model the canary serves. Required."""
+
+    steps: Annotated[
+        list[Annotated[int, Field(ge=1, le=100)]],
+        Field(min_length=1, max_length=20, json_schema_extra={"x-kubernetes-list-type": "set"}),
+    ] = [10, 25, 50, 100]
+    """Traffic percent sent to the canary at each step, strictly increasing, ending at 100.
+    Default [10, 25, 50, 100]."""
+
+    step_seconds: Annotated[int, Field(ge=10, le=86400)] = 120
+    """Seconds each step lasts before analysis decides. Range 10-86400, default 120."""
+
+    analysis: Analysis = Analysis()
+    """Thresholds a step must meet."""
+
+
+class AbTest(ApiModel):
+    """Route by request header instead of by weight: matching requests go to the canary model."""
+
+    header: Annotated[str, Field(min_length=1, max_length=256, pattern=HEADER_NAME_PATTERN)]
+    """HTTP header that selects the variant, e.g. x-model-variant. Required."""
+
+    value: Annotated[str, Field(min_length=1, max_length=4096)] = "canary"
+    """Header value that sends a request to the canary model. Default canary."""
+
+
+class Rollout(ApiModel):
+    """Progressive delivery of a new model."""
+
+    rules = (
+        Rule(
+            cel="!has(self.abTest) || has(self.canary)",
+            message="abTest needs canary: the canary model is variant B",
+            holds=lambda r: r.ab_test is None or r.canary is not None,
+            field="abTest",
+        ),
+    )
+
+    canary: Canary | None = None
+    """The canary in progress. Remove it (or change spec.model to it) to finish a rollout."""
+
+    ab_test: AbTest | None = None
+    """Route by header between the stable model and the canary model."""
+
+
+class InferenceServiceSpec(ApiModel):
+    """Desired state of an InferenceService."""
+
+    model: Model
+    """The model to serve. Required."""
+
+    runtime: Runtime = Runtime()
+    """The model server."""
+
+    resources: Resources = Resources()
+    """Compute per pod."""
+
+    scheduling: Scheduling = Scheduling()
+    """Node placement."""
+
+    scaling: Scaling = Scaling()
+    """Replica count and autoscaling."""
+
+    rollout: Rollout = Rollout()
+    """Canary and A/B rollouts."""
+
+
+class Condition(ApiModel):
+    """An observation of one aspect of the InferenceService (Kubernetes condition conventions)."""
+
+    type: str
+    """Ready, Progressing, Degraded, ScalingActive, MetricsAvailable or RolloutSucceeded."""
+
+    status: Literal["True", "False", "Unknown"]
+    """True, False or Unknown."""
+
+    reason: str = ""
+    """One CamelCase word saying why."""
+
+    message: str = ""
+    """What happened and what to do about it."""
+
+    last_transition_time: str = ""
+    """When status last changed (RFC 3339)."""
+
+    observed_generation: int = 0
+    """metadata.generation this condition was computed from."""
+
+
+class MetricsStatus(ApiModel):
+    """Signals the autoscaler last read from Prometheus."""
+
+    queue_depth: float | None = None
+    """Requests waiting or in flight per replica."""
+
+    p95_latency_ms: float | None = None
+    """95th-percentile latency in milliseconds."""
+
+    requests_per_second: float | None = None
+    """Request rate over all replicas."""
+
+    sampled_at: str = ""
+    """When the sample was taken (RFC 3339)."""
+
+
+class CanaryStatus(ApiModel):
+    """Where the canary rollout stands."""
+
+    phase: Literal[
+        "Pending", "Progressing", "Paused", "Promoting", "Succeeded", "RollingBack", "Failed"
+    ]
+    """Pending, Progressing, Paused, Promoting, Succeeded, RollingBack or Failed."""
+
+    step: int = 0
+    """Index of the current step in spec.rollout.canary.steps, from 0."""
+
+    weight: int = 0
+    """Percent of traffic the canary gets now."""
+
+    step_started_at: str = ""
+    """When the current step began (RFC 3339)."""
+
+    message: str = ""
+    """Last analysis verdict or failure reason."""
+
+    summary: str = ""
+    """One-line summary shown in kubectl get, e.g. 2/4 25%."""
+
+
+class InferenceServiceStatus(ApiModel):
+    """Observed state, written by the operator."""
+
+    observed_generation: int = 0
+    """metadata.generation the operator last acted on."""
+
+    conditions: list[Condition] = []
+    """Ready, Progressing, Degraded, ScalingActive, MetricsAvailable, RolloutSucceeded."""
+
+    replicas: int = 0
+    """Model-server pods that exist, all tracks."""
+
+    ready_replicas: int = 0
+    """Model-server pods that are ready, all tracks."""
+
+    desired_replicas: int = 0
+    """Replicas the autoscaler wants."""
+
+    last_scale_time: str = ""
+    """When the replica count last changed (RFC 3339)."""
+
+    last_scale_reason: str = ""
+    """Why the replica count last changed."""
+
+    metrics: MetricsStatus = MetricsStatus()
+    """Signals last read from Prometheus."""
+
+    canary: CanaryStatus | None = None
+    """The canary rollout, when one runs."""
+
+    url: str = ""
+    """In-cluster URL of the Service."""
+
+
+def validate_spec(spec: dict[str, Any]) -> InferenceServiceSpec:
+    """Parse a spec as received from the API server or a file; raises pydantic.ValidationError."""
+    return InferenceServiceSpec.model_validate(spec)

@@ -1,0 +1,334 @@
+"""Render an InferenceService into the Kubernetes objects that run it. Pure: no I/O, no clock.
+
+``render(isvc, config)`` takes the resource as the API server returns it (metadata, spec, and
+status when there is one) and returns plain dicts in a fixed order. Decisions (names, labels,
+replica split, pod settings) are made here in Python; the jinja2 templates only lay them out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+import yaml
+
+from kinfer.api import v1alpha1 as api
+from kinfer.settings import OperatorConfig
+
+HTTP_PORT = 8080
+GRPC_PORT = 8081
+MODEL_MOUNT = "/mnt/models"
+DRAIN_SECONDS = 5
+# preStop drain, then the runtime finishes accepted requests: a batch at most a few seconds.
+GRACE_SECONDS = 45
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+
+_env = jinja2.Environment(
+    loader=jinja2.PackageLoader("kinfer.render", "templates"),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    autoescape=False,  # YAML, not HTML; values are quoted by tojson
+)
+_env.policies["json.dumps_kwargs"] = {"sort_keys": True}
+
+
+@dataclass(frozen=True)
+class Track:
+    """One Deployment of the model server: stable, or the canary being rolled out."""
+
+    name: str
+    deployment: str
+    model: api.Model
+    replicas: int | None
+    labels: dict[str, str]
+    selector: dict[str, str]
+    pod_annotations: dict[str, str]
+    args: list[str]
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    volume_mounts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def owner_labels(name: str) -> dict[str, str]:
+    """Labels every rendered object carries; `kinfer.dev/isvc` finds them again."""
+    return {
+        "app.kubernetes.io/name": "kinfer-model",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": "model-server",
+        "app.kubernetes.io/part-of": "kinfer",
+        "app.kubernetes.io/managed-by": "kinfer",
+        "kinfer.dev/isvc": name,
+    }
+
+
+def split_replicas(total: int, weight: int) -> tuple[int, int]:
+    """(stable, canary) replicas for a canary weight in percent.
+
+    The canary gets its share rounded up, so any weight above 0 runs at least one canary pod and
+    any weight below 100 keeps at least one stable pod.
+    """
+    if weight <= 0:
+        return total, 0
+    if weight >= 100:
+        return 0, max(total, 1)
+    canary = max(1, math.ceil(total * weight / 100))
+    stable = max(1, total - canary)
+    return stable, canary
+
+
+def total_replicas(scaling: api.Scaling, status: dict[str, Any]) -> int:
+    """The replica count this render writes (mode metrics and fixed)."""
+    if scaling.mode == "fixed":
+        return scaling.min_replicas
+    if "desiredReplicas" in status:
+        wanted = int(status["desiredReplicas"])
+    else:
+        # A new service starts warm, so the first request does not wait for a cold start.
+        wanted = max(scaling.min_replicas, 1)
+    return min(max(wanted, scaling.min_replicas), scaling.max_replicas)
+
+
+def canary_weight(canary: api.Canary, status: dict[str, Any]) -> int:
+    """Current canary weight: from status.canary once the rollout runs, else the first step."""
+    state = status.get("canary") or {}
+    phase = state.get("phase")
+    if phase in ("RollingBack", "Failed"):
+        return 0
+    if phase in ("Promoting", "Succeeded"):
+        return 100
+    if "weight" in state:
+        return int(state["weight"])
+    return canary.steps[0]
+
+
+def _model_location(model: api.Model) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The URI the runtime loads, and the volume that makes it reachable inside the pod."""
+    if model.uri.startswith("pvc://"):
+        claim, _, path = model.uri.removeprefix("pvc://").partition("/")
+        volume = {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        mount = {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}
+        return f"file://{MODEL_MOUNT}/{path}".rstrip("/"), [volume], [mount]
+    return model.uri, [], []
+
+
+def _server_args(
+    name: str, spec: api.InferenceServiceSpec, model_uri: str, model: api.Model
+) -> list[str]:
+    if spec.runtime.server == "triton":
+        directory = model_uri.removeprefix("file://")
+        return [
+            f"--model-repository={directory}",
+            f"--http-port={HTTP_PORT}",
+            f"--grpc-port={GRPC_PORT}",
+            "--allow-metrics=true",
+        ]
+    batching = spec.runtime.batching
+    return [
+        f"--model-uri={model_uri}",
+        f"--model-name={name}",
+        f"--model-format={model.format}",
+        "--host=0.0.0.0",
+        f"--http-port={HTTP_PORT}",
+        f"--grpc-port={GRPC_PORT}",
+        f"--metrics-port={HTTP_PORT}",
+        f"--max-batch-size={batching.max_batch_size}",
+        f"--max-delay-ms={batching.max_delay_ms}",
+        f"--max-queue={batching.max_queue}",
+    ]
+
+
+def _pod(spec: api.InferenceServiceSpec, config: OperatorConfig) -> dict[str, Any]:
+    """Pod settings shared by both tracks."""
+    res = spec.resources
+    requests: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
+    limits: dict[str, Any] = {"memory": res.memory}
+    node_selector = dict(spec.scheduling.node_selector)
+    tolerations: list[dict[str, Any]] = []
+    if res.gpu:
+        requests[GPU_RESOURCE] = res.gpu
+        limits[GPU_RESOURCE] = res.gpu
+        tolerations.append(GPU_TOLERATION)
+        if res.gpu_product:
+            node_selector[GPU_PRODUCT_LABEL] = res.gpu_product
+    for tol in [*config.default_tolerations, *spec.scheduling.tolerations]:
+        dumped = tol.model_dump(by_alias=True, exclude_none=True)
+        entry = {k: v for k, v in dumped.items() if v != ""}
+        if entry not in tolerations:
+            tolerations.append(entry)
+    if spec.runtime.server == "triton":
+        image, command = spec.runtime.image or config.triton_image, ["tritonserver"]
+    else:
+        image, command = spec.runtime.image or config.runtime_image, ["kinfer-runtime"]
+    return {
+        "image": image,
+        "command": command,
+        "resources": {"requests": requests, "limits": limits},
+        "node_selector": node_selector,
+        "tolerations": tolerations,
+        "affinity": spec.scheduling.affinity,
+        "priority_class_name": spec.scheduling.priority_class_name,
+    }
+
+
+def _track(
+    name: str, track: str, spec: api.InferenceServiceSpec, model: api.Model, replicas: int | None
+) -> Track:
+    deployment = name if track == "stable" else f"{name}-{track}"
+    selector = {"kinfer.dev/isvc": name, "kinfer.dev/track": track}
+    model_uri, volumes, mounts = _model_location(model)
+    scratch = {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}
+    return Track(
+        name=track,
+        deployment=deployment,
+        model=model,
+        replicas=replicas,
+        labels={**owner_labels(name), "kinfer.dev/track": track},
+        selector=selector,
+        pod_annotations={
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(HTTP_PORT),
+            "prometheus.io/path": "/metrics",
+            "kinfer.dev/model-uri": model.uri,
+        },
+        args=_server_args(name, spec, model_uri, model),
+        volumes=[scratch, *volumes],
+        volume_mounts=[{"name": "tmp", "mountPath": "/tmp"}, *mounts],
+    )
+
+
+def tracks(name: str, spec: api.InferenceServiceSpec, status: dict[str, Any]) -> list[Track]:
+    """The Deployments to run: stable always, canary while spec.rollout.canary is present."""
+    canary = spec.rollout.canary
+    if spec.scaling.mode == "hpa":
+        stable_replicas: int | None = None  # the HPA owns it
+        total = max(spec.scaling.min_replicas, 1)
+    else:
+        total = total_replicas(spec.scaling, status)
+        stable_replicas = total
+    result = []
+    canary_replicas = 0
+    if canary is not None:
+        if spec.rollout.ab_test is not None:
+            # Header routing: the canary takes whatever matches; keep it at the floor.
+            canary_replicas = max(spec.scaling.min_replicas, 1)
+        else:
+            stable_split, canary_replicas = split_replicas(total, canary_weight(canary, status))
+            if stable_replicas is not None:
+                stable_replicas = stable_split
+    result.append(_track(name, "stable", spec, spec.model, stable_replicas))
+    if canary is not None:
+        result.append(_track(name, "canary", spec, canary.model, canary_replicas))
+    return result
+
+
+def _owner(isvc: dict[str, Any]) -> dict[str, Any] | None:
+    meta = isvc.get("metadata") or {}
+    if not meta.get("uid"):
+        return None
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _load(template: str, **values: Any) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(_env.get_template(template).render(**values))
+    return loaded
+
+
+def render(isvc: dict[str, Any], config: OperatorConfig) -> list[dict[str, Any]]:
+    """Every object an InferenceService needs, in apply order. Raises pydantic.ValidationError."""
+    meta = isvc.get("metadata") or {}
+    name: str = meta["name"]
+    spec = api.validate_spec(isvc.get("spec") or {})
+    status: dict[str, Any] = isvc.get("status") or {}
+    labels = owner_labels(name)
+    isvc_selector = {"kinfer.dev/isvc": name}
+    common = {
+        "name": name,
+        "ns": meta.get("namespace") or "default",
+        "owner": _owner(isvc),
+        "labels": labels,
+        "isvc_selector": isvc_selector,
+        "ports": {"http": HTTP_PORT, "grpc": GRPC_PORT},
+    }
+    pod = _pod(spec, config)
+    deployments = tracks(name, spec, status)
+    objects = [
+        _load(
+            "deployment.yaml.j2",
+            **common,
+            track=t,
+            pod=pod,
+            grace_seconds=GRACE_SECONDS,
+            drain_seconds=DRAIN_SECONDS,
+        )
+        for t in deployments
+    ]
+    services = [{"name": name, "labels": labels, "selector": isvc_selector}]
+    canary = spec.rollout.canary
+    routed = canary is not None and config.gateway_api
+    if routed:
+        # HTTPRoute backends: one Service per track, so the route can weigh them.
+        services += [
+            {"name": f"{name}-{t.name}", "labels": t.labels, "selector": t.selector}
+            for t in deployments
+        ]
+    objects += [_load("service.yaml.j2", **common, service=s) for s in services]
+    objects.append(_load("pdb.yaml.j2", **common))
+    if spec.scaling.mode == "hpa":
+        objects.append(
+            _load(
+                "hpa.yaml.j2",
+                **common,
+                scaling=spec.scaling,
+                queue_target=_quantity(spec.scaling.targets.queue_depth_per_replica),
+                latency_target=f"{spec.scaling.targets.p95_latency_ms}m",
+            )
+        )
+    if routed and canary is not None:
+        parent = {
+            "group": "gateway.networking.k8s.io",
+            "kind": "Gateway",
+            "name": config.gateway.name,
+        }
+        if config.gateway.namespace:
+            parent["namespace"] = config.gateway.namespace
+        ab = spec.rollout.ab_test
+        objects.append(
+            _load(
+                "httproute.yaml.j2",
+                **common,
+                parent=parent,
+                ab_test=ab.model_dump() if ab else None,
+                weight=canary_weight(canary, status),
+                stable_service=f"{name}-stable",
+                canary_service=f"{name}-canary",
+            )
+        )
+    objects.append(_load("networkpolicy.yaml.j2", **common))
+    if config.service_monitor:
+        objects.append(_load("servicemonitor.yaml.j2", **common))
+    return objects
+
+
+def _quantity(value: float) -> str:
+    """A Kubernetes quantity for a per-replica target: whole numbers plain, else milli-units."""
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{round(value * 1000)}m"
+
+
+def to_yaml(objects: list[dict[str, Any]]) -> str:
+    """A YAML stream, byte-identical for identical input."""
+    return "".join(
+        "---\n" + yaml.safe_dump(obj, sort_keys=False, width=120, default_flow_style=False)
+        for obj in objects
+    )

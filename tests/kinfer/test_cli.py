@@ -1,0 +1,83 @@
+"""The kinfer CLI, run as users run it: a subprocess of the installed entry point."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import INVALID, ROOT, expected_field
+
+COMMANDS = [[], ["crd"], ["render"], ["validate"]]
+
+
+def kinfer(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kinfer", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "kinfer")
+def test_help(command: list[str]) -> None:
+    result = kinfer(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage: " in result.stdout
+
+
+def test_crd_prints_the_committed_file() -> None:
+    result = kinfer("crd")
+    assert result.returncode == 0
+    assert result.stdout == (ROOT / "crds" / "kinfer.dev_inferenceservices.yaml").read_text()
+
+
+def test_render_gpu_canary() -> None:
+    result = kinfer("render", "-f", "examples/gpu-canary.yaml")
+    assert result.returncode == 0, result.stderr
+    objects = list(yaml.safe_load_all(result.stdout))
+    deployment = objects[0]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert deployment["kind"] == "Deployment"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_render_reads_stdin_and_refuses_invalid_input() -> None:
+    good = kinfer("render", "-f", "-", stdin=(ROOT / "examples" / "minimal.yaml").read_text())
+    assert good.returncode == 0 and "kind: Deployment" in good.stdout
+    bad = kinfer("render", "-f", str(INVALID[0]))
+    assert bad.returncode == 1
+    assert expected_field(INVALID[0]) in bad.stderr
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
+def test_validate_rejects_each_invalid_spec_naming_the_field(path: Path) -> None:
+    result = kinfer("validate", "-f", str(path.relative_to(ROOT)))
+    assert result.returncode == 1, result.stdout
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, "each invalid example holds exactly one mistake"
+    assert f": {expected_field(path)}: " in lines[0]
+
+
+def test_there_are_enough_invalid_examples() -> None:
+    assert len(INVALID) >= 12
+
+
+def test_validate_accepts_every_example() -> None:
+    for path in sorted((ROOT / "examples").glob("*.yaml")):
+        result = kinfer("validate", "-f", str(path))
+        assert (result.returncode, result.stdout) == (0, "valid\n"), result.stdout
+
+
+def test_validate_reports_yaml_errors_clearly() -> None:
+    result = kinfer("validate", "-f", "-", stdin="spec: [unclosed\n")
+    assert result.returncode == 1
+    assert "not valid YAML" in result.stderr

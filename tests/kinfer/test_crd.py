@@ -1,0 +1,91 @@
+"""The CRD is generated from the pydantic models, committed, and structurally sound."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kinfer.api import v1alpha1 as api
+from kinfer.api.crd import NAME_RULES, crd, crd_yaml
+from kinfer.api.rules import ApiModel
+
+from .conftest import ROOT, k8s_validate
+
+COMMITTED = ROOT / "crds" / "kinfer.dev_inferenceservices.yaml"
+
+
+def _schema() -> dict[str, Any]:
+    schema: dict[str, Any] = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def _walk(node: dict[str, Any], path: str) -> list[tuple[str, dict[str, Any]]]:
+    found = [(path, node)]
+    for name, child in node.get("properties", {}).items():
+        found += _walk(child, f"{path}.{name}")
+    if "items" in node:
+        found += _walk(node["items"], f"{path}[]")
+    return found
+
+
+def test_committed_crd_matches_the_models() -> None:
+    assert COMMITTED.read_text() == crd_yaml(), (
+        "run: kinfer crd > crds/kinfer.dev_inferenceservices.yaml"
+    )
+
+
+def test_crd_validates_against_the_kubernetes_schema() -> None:
+    k8s_validate(crd())
+
+
+def test_names_and_printer_columns() -> None:
+    spec = crd()["spec"]
+    assert spec["names"]["shortNames"] == ["kisvc"]
+    assert spec["names"]["categories"] == ["kinfer"]
+    version = spec["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    columns = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert columns == ["Ready", "Replicas", "Desired", "P95", "Queue", "Canary", "Age"]
+
+
+def test_every_spec_and_status_field_has_a_description() -> None:
+    schema = _schema()
+    missing = [
+        path
+        for root in ("spec", "status")
+        for path, node in _walk(schema["properties"][root], root)
+        # Scalar list items (canary steps) are described by their list.
+        if not node.get("description") and not (path.endswith("[]") and node["type"] != "object")
+    ]
+    assert missing == []
+
+
+def test_schema_is_structural() -> None:
+    for path, node in _walk(_schema(), ""):
+        assert "type" in node, f"{path} has no type"
+        assert not {"$ref", "anyOf", "allOf", "oneOf", "title"} & node.keys(), path
+        if node["type"] == "object" and "properties" in node:
+            assert "additionalProperties" not in node, path
+        assert node.get("default") is not None or "default" not in node, path
+
+
+def test_every_rule_is_in_the_crd_with_its_message() -> None:
+    text = COMMITTED.read_text()
+    models = [m for m in vars(api).values() if isinstance(m, type) and issubclass(m, ApiModel)]
+    rules = [r for m in models for r in m.rules] + list(NAME_RULES)
+    assert len(rules) >= 10
+    rendered = [
+        v for _, node in _walk(_schema(), "") for v in node.get("x-kubernetes-validations", [])
+    ]
+    rendered += _schema()["x-kubernetes-validations"]
+    for rule in rules:
+        assert {"rule": rule.cel, "message": rule.message}.items() <= next(
+            r for r in rendered if r["rule"] == rule.cel and r["message"] == rule.message
+        ).items()
+        assert rule.message.split(":")[0] in text
+
+
+def test_object_defaults_are_empty_so_the_api_server_fills_them() -> None:
+    spec = _schema()["properties"]["spec"]
+    for name in ("runtime", "resources", "scheduling", "scaling", "rollout"):
+        assert spec["properties"][name]["default"] == {}
+    assert spec["properties"]["scaling"]["properties"]["maxReplicas"]["default"] == 8

@@ -1,0 +1,192 @@
+"""Rendering: golden files, Kubernetes schema validity, and the pod settings users rely on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kinfer.api.v1alpha1 import Toleration
+from kinfer.render import render, to_yaml
+from kinfer.render.render import split_replicas
+from kinfer.settings import OperatorConfig
+
+from .conftest import ROOT, k8s_validate, load
+
+GOLDEN = ROOT / "tests" / "golden"
+# Examples render with Gateway API and ServiceMonitor on, so the golden files show every object.
+FULL = OperatorConfig(gateway_api=True, service_monitor=True)
+BUILTIN_KINDS = {
+    "Deployment",
+    "Service",
+    "PodDisruptionBudget",
+    "HorizontalPodAutoscaler",
+    "NetworkPolicy",
+}
+
+
+def _by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def test_golden(example: Path) -> None:
+    out = to_yaml(render(load(example), FULL))
+    golden = GOLDEN / f"{example.stem}.yaml"
+    if os.environ.get("KINFER_UPDATE_GOLDEN"):
+        golden.write_text(out)
+    assert golden.read_text() == out, (
+        f"{golden} is stale: KINFER_UPDATE_GOLDEN=1 pytest tests/kinfer"
+    )
+
+
+def test_examples_validate_against_kubernetes_schemas(example: Path) -> None:
+    objects = render(load(example), FULL)
+    builtin = [o for o in objects if o["kind"] in BUILTIN_KINDS]
+    assert {o["kind"] for o in objects} - BUILTIN_KINDS <= {"HTTPRoute", "ServiceMonitor"}
+    for obj in builtin:
+        k8s_validate(obj)
+
+
+def test_the_schema_check_can_fail() -> None:
+    deployment = render(load(ROOT / "examples" / "minimal.yaml"), FULL)[0]
+    _container(deployment)["imagePullPolicyy"] = "Always"
+    with pytest.raises(Exception, match="imagePullPolicyy"):
+        k8s_validate(deployment)
+
+
+def test_gpu_canary_pods_are_gpu_scheduled_and_restricted() -> None:
+    objects = render(load(ROOT / "examples" / "gpu-canary.yaml"), OperatorConfig())
+    deployments = _by_kind(objects, "Deployment")
+    assert [d["metadata"]["name"] for d in deployments] == ["ranker", "ranker-canary"]
+    for deployment in deployments:
+        pod = deployment["spec"]["template"]["spec"]
+        container = _container(deployment)
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+            "tolerations"
+        ]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
+        assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+        assert container["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+    canary = _container(deployments[1])
+    assert "--model-uri=file:///mnt/models/ranker/8" in canary["args"]
+    # No Gateway API: weight is carried by the replica split behind the one Service.
+    assert not _by_kind(objects, "HTTPRoute")
+    assert [s["metadata"]["name"] for s in _by_kind(objects, "Service")] == ["ranker"]
+
+
+def test_cpu_model_has_no_gpu_settings() -> None:
+    objects = render(load(ROOT / "examples" / "minimal.yaml"), OperatorConfig())
+    pod = objects[0]["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in _container(objects[0])["resources"]["limits"]
+    assert "tolerations" not in pod and "nodeSelector" not in pod
+    assert [o["kind"] for o in objects] == [
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    ]
+
+
+def test_hpa_mode_leaves_replicas_to_the_hpa() -> None:
+    objects = render(load(ROOT / "examples" / "gpu-hpa.yaml"), OperatorConfig())
+    assert "replicas" not in objects[0]["spec"]
+    (hpa,) = _by_kind(objects, "HorizontalPodAutoscaler")
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 10)
+    targets = [m["pods"]["target"]["averageValue"] for m in hpa["spec"]["metrics"]]
+    assert targets == ["8", "200m"]
+
+
+def test_ab_header_routes_by_header() -> None:
+    objects = render(load(ROOT / "examples" / "ab-header.yaml"), FULL)
+    (route,) = _by_kind(objects, "HTTPRoute")
+    first, default = route["spec"]["rules"]
+    assert first["matches"][0]["headers"] == [
+        {"type": "Exact", "name": "x-model-variant", "value": "b"}
+    ]
+    assert first["backendRefs"][0]["name"] == "recommender-canary"
+    assert default["backendRefs"][0]["name"] == "recommender-stable"
+    assert {s["metadata"]["name"] for s in _by_kind(objects, "Service")} == {
+        "recommender",
+        "recommender-stable",
+        "recommender-canary",
+    }
+
+
+def test_canary_weight_follows_status() -> None:
+    isvc = load(ROOT / "examples" / "gpu-canary.yaml")
+    isvc["status"] = {
+        "desiredReplicas": 4,
+        "canary": {"phase": "Progressing", "step": 2, "weight": 50},
+    }
+    objects = render(isvc, FULL)
+    (route,) = _by_kind(objects, "HTTPRoute")
+    assert [b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]] == [50, 50]
+    replicas = [d["spec"]["replicas"] for d in _by_kind(objects, "Deployment")]
+    assert replicas == [2, 2]
+    isvc["status"]["canary"]["phase"] = "Failed"
+    replicas = [d["spec"]["replicas"] for d in _by_kind(render(isvc, FULL), "Deployment")]
+    assert replicas == [4, 0]
+
+
+def test_owner_reference_when_the_resource_has_a_uid() -> None:
+    isvc = load(ROOT / "examples" / "minimal.yaml")
+    isvc["metadata"]["uid"] = "0b3c6a8e-1111-2222-3333-444455556666"
+    for obj in render(isvc, OperatorConfig()):
+        (owner,) = obj["metadata"]["ownerReferences"]
+        assert owner["kind"] == "InferenceService" and owner["controller"] is True
+        assert owner["uid"] == isvc["metadata"]["uid"]
+
+
+def test_tolerations_from_config_and_spec_are_merged_once() -> None:
+    isvc = load(ROOT / "examples" / "gpu-hpa.yaml")
+    extra = {"key": "pool", "operator": "Equal", "value": "inference", "effect": "NoSchedule"}
+    isvc["spec"]["scheduling"] = {"tolerations": [extra]}
+    config = OperatorConfig(default_tolerations=[Toleration.model_validate(extra)])
+    pod = render(isvc, config)[0]["spec"]["template"]["spec"]
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        extra,
+    ]
+
+
+def test_fixed_mode_runs_min_replicas_and_status_is_clamped() -> None:
+    isvc = load(ROOT / "examples" / "minimal.yaml")
+    isvc["spec"]["scaling"] = {"mode": "fixed", "minReplicas": 3, "maxReplicas": 5}
+    isvc["status"] = {"desiredReplicas": 9}
+    assert render(isvc, OperatorConfig())[0]["spec"]["replicas"] == 3
+    isvc["spec"]["scaling"]["mode"] = "metrics"
+    assert render(isvc, OperatorConfig())[0]["spec"]["replicas"] == 5
+
+
+@pytest.mark.parametrize(
+    ("total", "weight", "want"),
+    [
+        (4, 0, (4, 0)),
+        (4, 10, (3, 1)),
+        (4, 50, (2, 2)),
+        (4, 100, (0, 4)),
+        (1, 10, (1, 1)),
+        (0, 100, (0, 1)),
+    ],
+)
+def test_split_replicas(total: int, weight: int, want: tuple[int, int]) -> None:
+    assert split_replicas(total, weight) == want
