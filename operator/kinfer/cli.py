@@ -104,5 +104,129 @@ def render(stream: TextIO, config_path: str | None, gateway_api: bool | None) ->
     click.echo(to_yaml(out), nl=False)
 
 
+@main.command()
+@click.option(
+    "--namespace",
+    default="kinfer-system",
+    show_default=True,
+    help="Namespace the operator runs in (its ServiceAccount lives there).",
+)
+@click.option(
+    "--watch-namespace",
+    "watch",
+    multiple=True,
+    help="Grant access only in this namespace (repeat). Default: all namespaces.",
+)
+@click.option(
+    "--only",
+    type=click.Choice(["all", "rbac", "peering"]),
+    default="all",
+    show_default=True,
+    help="Which manifests to print.",
+)
+def manifests(namespace: str, watch: tuple[str, ...], only: str) -> None:
+    """Print install manifests besides the CRD: kopf peering CRDs and the peering object (leader
+    election between replicas), and the operator's least-privilege RBAC."""
+    from kinfer import manifests as m
+
+    objects: list[dict[str, Any]] = []
+    if only in ("all", "peering"):
+        objects += m.peering_crds()
+        objects += [m.peering(namespace=w) for w in watch] if watch else [m.peering()]
+    if only in ("all", "rbac"):
+        objects += m.rbac(namespace, list(watch))
+    click.echo(to_yaml(objects), nl=False)
+
+
+@main.command()
+@click.option(
+    "-n",
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    help="Watch only this namespace (repeat for several). Default: all namespaces.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    envvar="KINFER_CONFIG",
+    help="Operator config file (YAML). KINFER_* variables override it.",
+)
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=8080,
+    show_default=True,
+    help="Port of the operator's /metrics endpoint.",
+)
+@click.option(
+    "--metrics-address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address /metrics listens on (0.0.0.0 in a pod).",
+)
+@click.option(
+    "--liveness",
+    "liveness",
+    default=None,
+    metavar="URL",
+    help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz.",
+)
+@click.option(
+    "--peering",
+    "peering_name",
+    default="kinfer",
+    show_default=True,
+    help="Peering object shared by replicas: one is active, the others wait.",
+)
+@click.option(
+    "--priority",
+    type=int,
+    default=None,
+    help="Peering priority; the highest live one is active. Default: random, so two "
+    "replicas never tie.",
+)
+@click.option(
+    "--standalone",
+    is_flag=True,
+    help="Run without peering (a single replica, or local development).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def operator(
+    namespaces: tuple[str, ...],
+    config_path: str | None,
+    metrics_port: int,
+    metrics_address: str,
+    liveness: str | None,
+    peering_name: str,
+    priority: int | None,
+    standalone: bool,
+    verbose: bool,
+) -> None:
+    """Run the kinfer operator (kopf) against the cluster in KUBECONFIG or in-cluster config."""
+    import logging
+    import secrets
+
+    import kopf
+
+    from kinfer import handlers
+
+    load_config(config_path)  # fail now, with the file named, rather than inside kopf
+    handlers.CONFIG_PATH = config_path
+    handlers.METRICS_PORT = metrics_port
+    handlers.METRICS_ADDRESS = metrics_address
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    kopf.run(
+        clusterwide=not namespaces,
+        namespaces=list(namespaces),
+        standalone=standalone,
+        peering_name=None if standalone else peering_name,
+        priority=priority if priority is not None else secrets.randbelow(1_000_000) + 1,
+        liveness_endpoint=liveness,
+    )
+
+
 if __name__ == "__main__":
     main()

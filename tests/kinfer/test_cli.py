@@ -81,3 +81,26 @@ def test_validate_reports_yaml_errors_clearly() -> None:
     result = kinfer("validate", "-f", "-", stdin="spec: [unclosed\n")
     assert result.returncode == 1
     assert "not valid YAML" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("only", "committed"),
+    [("rbac", "config/rbac/operator.yaml"), ("peering", "config/peering/peering.yaml")],
+)
+def test_committed_manifests_match_the_generator(only: str, committed: str) -> None:
+    result = kinfer("manifests", "--only", only)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (ROOT / committed).read_text(), (
+        f"run: kinfer manifests --only {only} > {committed}"
+    )
+
+
+def test_namespaced_rbac_never_grants_secrets_or_cluster_wide_writes() -> None:
+    result = kinfer("manifests", "--only", "rbac", "--watch-namespace", "team-a")
+    objects = list(yaml.safe_load_all(result.stdout))
+    (cluster_role,) = [o for o in objects if o["kind"] == "ClusterRole"]
+    assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in cluster_role["rules"])
+    (role,) = [o for o in objects if o["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == "team-a"
+    for rules in (cluster_role["rules"], role["rules"]):
+        assert not any("secrets" in r["resources"] or "*" in r["verbs"] for r in rules)

@@ -122,6 +122,14 @@ def schema_of(model: type[BaseModel]) -> dict[str, Any]:
     return schema
 
 
+def _without_defaults(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_without_defaults(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    return {k: _without_defaults(v) for k, v in node.items() if k != "default"}
+
+
 def _ordered(node: Any) -> Any:
     """Put keys in a stable, readable order: type and description first, properties sorted."""
     if isinstance(node, list):
@@ -138,7 +146,8 @@ def _ordered(node: Any) -> Any:
 
 def crd() -> dict[str, Any]:
     spec_schema = schema_of(api.InferenceServiceSpec)
-    status_schema = schema_of(api.InferenceServiceStatus)
+    # The operator writes every status field it uses; defaults there would only invent values.
+    status_schema = _without_defaults(schema_of(api.InferenceServiceStatus))
     root: dict[str, Any] = {
         "type": "object",
         "description": "InferenceService runs a model behind the Open Inference Protocol v2 with "

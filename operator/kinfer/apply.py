@@ -1,0 +1,149 @@
+"""The operator's Kubernetes I/O: server-side apply, listing what it owns, pruning, status.
+
+Everything else in the operator is pure; this module is the edge. It uses the kubernetes
+DynamicClient so one code path serves every kind render() produces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import kubernetes
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+
+from kinfer.api import v1alpha1 as api
+
+FIELD_MANAGER = "kinfer"
+ISVC_LABEL = "kinfer.dev/isvc"
+
+# Every kind render() can produce, in the order objects are pruned (dependents first).
+OWNED_KINDS: tuple[tuple[str, str], ...] = (
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("v1", "Service"),
+    ("apps/v1", "Deployment"),
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What one server-side apply did."""
+
+    kind: str
+    name: str
+    action: str  # created | updated | unchanged
+
+
+def load_client_config() -> kubernetes.client.ApiClient:
+    """In a pod: the ServiceAccount token; elsewhere: KUBECONFIG or ~/.kube/config."""
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    return kubernetes.client.ApiClient()
+
+
+def key(obj: dict[str, Any]) -> tuple[str, str]:
+    return obj["kind"], obj["metadata"]["name"]
+
+
+class ClusterAPI(Protocol):
+    """What reconcile() needs from the cluster; tests use an in-memory fake."""
+
+    def get_isvc(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def owned(self, namespace: str, name: str) -> dict[tuple[str, str], dict[str, Any]]: ...
+    def apply(self, obj: dict[str, Any], before: dict[str, Any] | None) -> Applied: ...
+    def delete(self, obj: dict[str, Any]) -> None: ...
+    def pods(self, namespace: str, name: str) -> list[dict[str, Any]]: ...
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
+
+
+class Cluster:
+    """The API calls the reconciler makes, and nothing else."""
+
+    def __init__(self, client: kubernetes.client.ApiClient) -> None:
+        self.dyn = DynamicClient(client)  # type: ignore[no-untyped-call]
+        self._missing: set[str] = set()
+
+    def _resource(self, api_version: str, kind: str) -> Any:
+        return self.dyn.resources.get(api_version=api_version, kind=kind)
+
+    def installed(self, api_version: str, kind: str) -> bool:
+        """Whether the cluster serves this kind (e.g. HTTPRoute needs Gateway API's CRDs)."""
+        try:
+            self._resource(api_version, kind)
+        except ResourceNotFoundError:
+            return False
+        return True
+
+    def get_isvc(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj = self._resource(api.API_VERSION, api.KIND).get(name=name, namespace=namespace)
+        except NotFoundError:
+            return None
+        return dict(obj.to_dict())
+
+    def owned(self, namespace: str, name: str) -> dict[tuple[str, str], dict[str, Any]]:
+        """Objects labelled as this InferenceService's, by (kind, name)."""
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        for api_version, kind in OWNED_KINDS:
+            if kind in self._missing:
+                continue
+            try:
+                items = self._resource(api_version, kind).get(
+                    namespace=namespace, label_selector=f"{ISVC_LABEL}={name}"
+                )
+            except ResourceNotFoundError:
+                self._missing.add(kind)  # CRD not installed: nothing of this kind can exist
+                continue
+            for item in items.items:
+                obj = dict(item.to_dict())
+                obj.setdefault("kind", kind)
+                obj.setdefault("apiVersion", api_version)
+                found[key(obj)] = obj
+        return found
+
+    def apply(self, obj: dict[str, Any], before: dict[str, Any] | None) -> Applied:
+        """Server-side apply as field manager kinfer. An unchanged object is not written."""
+        resource = self._resource(obj["apiVersion"], obj["kind"])
+        after = resource.server_side_apply(
+            body=obj,
+            namespace=obj["metadata"]["namespace"],
+            field_manager=FIELD_MANAGER,
+            force_conflicts=True,
+        )
+        if before is None:
+            action = "created"
+        elif before["metadata"]["resourceVersion"] != after.metadata.resourceVersion:
+            action = "updated"
+        else:
+            action = "unchanged"
+        return Applied(obj["kind"], obj["metadata"]["name"], action)
+
+    def delete(self, obj: dict[str, Any]) -> None:
+        resource = self._resource(obj["apiVersion"], obj["kind"])
+        with contextlib.suppress(NotFoundError):
+            resource.delete(name=obj["metadata"]["name"], namespace=obj["metadata"]["namespace"])
+
+    def pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        items = self._resource("v1", "Pod").get(
+            namespace=namespace, label_selector=f"{ISVC_LABEL}={name}"
+        )
+        return [dict(p.to_dict()) for p in items.items]
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self._resource(api.API_VERSION, api.KIND).status.patch(
+            body={"status": status},
+            name=name,
+            namespace=namespace,
+            content_type="application/merge-patch+json",
+        )

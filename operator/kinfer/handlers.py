@@ -1,0 +1,168 @@
+"""kopf wiring. Handlers are thin: find the InferenceService, call reconcile(), report.
+
+Level-triggered: every event on an InferenceService or on an object it owns runs a full,
+idempotent pass, so drift (an edited label, a deleted Service, a scaled Deployment) is put back
+as soon as the watch reports it, and a slow timer catches anything a watch missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from kinfer import operator_metrics as metrics
+from kinfer.api import v1alpha1 as api
+from kinfer.apply import ISVC_LABEL, Cluster, load_client_config
+from kinfer.reconcile import Outcome, reconcile
+from kinfer.settings import OperatorConfig, load_config
+
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+MANAGED = {"app.kubernetes.io/managed-by": "kinfer"}
+RESYNC_SECONDS = 60.0
+# Owned kinds whose changes trigger a pass; pods for status (readiness, crash loops, scheduling).
+WATCHED = (
+    ("apps", "v1", "deployments"),
+    ("", "v1", "services"),
+    ("policy", "v1", "poddisruptionbudgets"),
+    ("autoscaling", "v2", "horizontalpodautoscalers"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
+    ("", "v1", "pods"),
+)
+
+# Set by `kinfer operator` before kopf starts.
+CONFIG_PATH: str | None = None
+METRICS_PORT = 8080
+METRICS_ADDRESS = "127.0.0.1"
+
+
+@dataclass
+class Runtime:
+    """Operator-wide state kept in kopf's memo."""
+
+    cluster: Cluster
+    config: OperatorConfig
+    guard: threading.Lock = field(default_factory=threading.Lock)
+    locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
+    queued: set[tuple[str, str]] = field(default_factory=set)
+
+    @contextmanager
+    def turn(self, key: tuple[str, str]) -> Iterator[bool]:
+        """One pass at a time per InferenceService; a pass already waiting covers later events."""
+        with self.guard:
+            if key in self.queued:
+                yield False
+                return
+            self.queued.add(key)
+            lock = self.locks.setdefault(key, threading.Lock())
+        with lock:
+            with self.guard:
+                self.queued.discard(key)
+            yield True
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, memo: Any, logger: Logger, **_: Any) -> None:
+    # kopf's own "handler succeeded" events are noise next to ours; keep its warnings.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    # A killed leader's peering record expires after this; a standby takes over within it.
+    settings.peering.lifetime = 15
+    settings.execution.max_workers = 8
+    config = load_config(CONFIG_PATH)
+    memo.runtime = Runtime(cluster=Cluster(load_client_config()), config=config)
+    metrics.serve(METRICS_PORT, METRICS_ADDRESS)
+    logger.info(
+        "kinfer operator started: metrics on %s:%d, config %s",
+        METRICS_ADDRESS,
+        METRICS_PORT,
+        config.model_dump(mode="json"),
+    )
+
+
+def run_pass(memo: Any, namespace: str, name: str, logger: Logger, trigger: str) -> None:
+    runtime: Runtime = memo.runtime
+    with runtime.turn((namespace, name)) as mine:
+        if not mine:
+            return
+        started = time.monotonic()
+        try:
+            outcome = reconcile(runtime.cluster, runtime.config, namespace, name, datetime.now(UTC))
+        except Exception:
+            metrics.RECONCILES.labels("error").inc()
+            metrics.ERRORS.labels("reconcile").inc()
+            metrics.RECONCILE_SECONDS.labels("error").observe(time.monotonic() - started)
+            raise
+        elapsed = time.monotonic() - started
+        metrics.RECONCILES.labels(outcome.result).inc()
+        metrics.RECONCILE_SECONDS.labels(outcome.result).observe(elapsed)
+        report(outcome, namespace, name, logger, trigger, elapsed)
+
+
+def report(
+    outcome: Outcome, namespace: str, name: str, logger: Logger, trigger: str, elapsed: float
+) -> None:
+    for applied in outcome.applied:
+        metrics.OBJECTS_APPLIED.labels(applied.kind, applied.action).inc()
+    for kind, _ in outcome.deleted:
+        metrics.OBJECTS_APPLIED.labels(kind, "deleted").inc()
+    changed = [a for a in outcome.applied if a.action != "unchanged"]
+    if changed or outcome.deleted or outcome.status_changed:
+        logger.info(
+            "reconciled %s/%s (trigger %s, %.0f ms): %s%s%s",
+            namespace,
+            name,
+            trigger,
+            elapsed * 1000,
+            ", ".join(f"{a.kind}/{a.name} {a.action}" for a in changed) or "objects unchanged",
+            "".join(f", {k}/{n} deleted" for k, n in outcome.deleted),
+            ", status updated" if outcome.status_changed else "",
+        )
+    if outcome.events:
+        owner = kopf.Body(
+            {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND,
+                "metadata": {"name": name, "namespace": namespace, "uid": outcome.uid},
+            }
+        )
+        for kind, reason, message in outcome.events:
+            kopf.event(owner, type=kind, reason=reason, message=message)
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+def isvc_changed(
+    type: str, namespace: str | None, name: str, memo: Any, logger: Logger, **_: Any
+) -> None:
+    if type != "DELETED" and namespace:
+        run_pass(memo, namespace, name, logger, "InferenceService")
+
+
+@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=RESYNC_SECONDS, sharp=False)
+def resync(namespace: str | None, name: str, memo: Any, logger: Logger, **_: Any) -> None:
+    if namespace:
+        run_pass(memo, namespace, name, logger, "resync")
+
+
+def _owned_changed(
+    body: kopf.Body, namespace: str | None, memo: Any, logger: Logger, **_: Any
+) -> None:
+    owner = body.metadata.labels.get(ISVC_LABEL)
+    if owner and namespace:
+        run_pass(
+            memo, namespace, owner, logger, f"{body.get('kind', 'object')} {body.metadata.name}"
+        )
+
+
+for _group, _version, _plural in WATCHED:
+    kopf.on.event(_group, _version, _plural, labels={**MANAGED, ISVC_LABEL: kopf.PRESENT})(
+        _owned_changed
+    )

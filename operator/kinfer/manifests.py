@@ -1,0 +1,200 @@
+"""Install manifests besides the CRD: kopf's peering CRDs and the operator's least-privilege RBAC.
+
+Generated, like the CRD, so that `config/` and the Helm chart can be checked against one source.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kinfer.api import v1alpha1 as api
+
+SERVICE_ACCOUNT = "kinfer-operator"
+OPERATOR_LABELS = {
+    "app.kubernetes.io/name": "kinfer-operator",
+    "app.kubernetes.io/part-of": "kinfer",
+}
+
+# What the reconciler, the autoscaler and the rollout do, and nothing more. Owned objects are
+# applied (create + patch), pruned (delete) and watched; pods only read; Secrets never.
+OWNED_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [api.GROUP], "resources": [api.PLURAL], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [api.GROUP], "resources": [f"{api.PLURAL}/status"], "verbs": ["get", "patch"]},
+    {
+        "apiGroups": ["apps"],
+        "resources": ["deployments"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+    },
+    {
+        "apiGroups": [""],
+        "resources": ["services"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+    },
+    {
+        "apiGroups": ["policy"],
+        "resources": ["poddisruptionbudgets"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+    },
+    {
+        "apiGroups": ["autoscaling"],
+        "resources": ["horizontalpodautoscalers"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+    },
+    {
+        "apiGroups": ["networking.k8s.io"],
+        "resources": ["networkpolicies"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+    },
+    {
+        "apiGroups": ["gateway.networking.k8s.io"],
+        "resources": ["httproutes"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+    },
+    {
+        "apiGroups": ["monitoring.coreos.com"],
+        "resources": ["servicemonitors"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+    },
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+]
+NAMESPACED_PEERING_RULE = {
+    "apiGroups": ["kopf.dev"],
+    "resources": ["kopfpeerings"],
+    "verbs": ["get", "list", "watch", "patch"],
+}
+CLUSTER_PEERING_RULE = {
+    "apiGroups": ["kopf.dev"],
+    "resources": ["clusterkopfpeerings"],
+    "verbs": ["get", "list", "watch", "patch"],
+}
+# kopf discovers the resources it serves by listing CRDs when it starts.
+CRD_READ_RULE = {
+    "apiGroups": ["apiextensions.k8s.io"],
+    "resources": ["customresourcedefinitions"],
+    "verbs": ["get", "list", "watch"],
+}
+
+
+PEERING_DESCRIPTION = (
+    "Which kopf operator replicas are alive; the one with the highest priority is active "
+    "(kinfer's leader election)."
+)
+
+
+def _peering_crd(kind: str, plural: str, scope: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{plural}.kopf.dev",
+            "labels": {"app.kubernetes.io/part-of": "kinfer"},
+        },
+        "spec": {
+            "group": "kopf.dev",
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+            "scope": scope,
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": PEERING_DESCRIPTION,
+                            "properties": {
+                                "status": {
+                                    "type": "object",
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                }
+                            },
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def peering_crds() -> list[dict[str, Any]]:
+    return [
+        _peering_crd("ClusterKopfPeering", "clusterkopfpeerings", "Cluster"),
+        _peering_crd("KopfPeering", "kopfpeerings", "Namespaced"),
+    ]
+
+
+def peering(name: str = "kinfer", namespace: str | None = None) -> dict[str, Any]:
+    """The peering object replicas meet on: cluster-wide, or one per watched namespace."""
+    kind = "KopfPeering" if namespace else "ClusterKopfPeering"
+    meta: dict[str, Any] = {"name": name, "labels": {"app.kubernetes.io/part-of": "kinfer"}}
+    if namespace:
+        meta["namespace"] = namespace
+    return {"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": meta}
+
+
+def rbac(namespace: str, watch_namespaces: list[str] | None = None) -> list[dict[str, Any]]:
+    """ServiceAccount and roles for the operator running in `namespace`.
+
+    Without watch_namespaces: one ClusterRole for all namespaces. With them: a Role and
+    RoleBinding in each watched namespace, and only CRD reads cluster-wide.
+    """
+    sa = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": SERVICE_ACCOUNT, "namespace": namespace, "labels": OPERATOR_LABELS},
+    }
+    subject = [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": namespace}]
+    out: list[dict[str, Any]] = [sa]
+    cluster_rules = [CRD_READ_RULE]
+    if not watch_namespaces:
+        cluster_rules = [*OWNED_RULES, CLUSTER_PEERING_RULE, CRD_READ_RULE]
+    out += [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": SERVICE_ACCOUNT, "labels": OPERATOR_LABELS},
+            "rules": cluster_rules,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": SERVICE_ACCOUNT, "labels": OPERATOR_LABELS},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": SERVICE_ACCOUNT,
+            },
+            "subjects": subject,
+        },
+    ]
+    for watched in watch_namespaces or []:
+        out += [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {
+                    "name": SERVICE_ACCOUNT,
+                    "namespace": watched,
+                    "labels": OPERATOR_LABELS,
+                },
+                "rules": [*OWNED_RULES, NAMESPACED_PEERING_RULE],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {
+                    "name": SERVICE_ACCOUNT,
+                    "namespace": watched,
+                    "labels": OPERATOR_LABELS,
+                },
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": SERVICE_ACCOUNT,
+                },
+                "subjects": subject,
+            },
+        ]
+    return out

@@ -1,0 +1,148 @@
+"""Status from what the cluster shows: conditions a person can act on. Pure: pass `now` in.
+
+Reads the Deployments kinfer owns and their pods; writes Kubernetes-convention conditions
+(Ready, Progressing, Degraded) whose reasons and messages say what is wrong and where.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName"}
+CRASH_REASONS = {"CrashLoopBackOff", "RunContainerError", "CreateContainerConfigError"}
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: str  # "True" | "False" | "Unknown"
+    reason: str
+    message: str
+
+
+def rfc3339(now: datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def pod_problem(pod: dict[str, Any]) -> tuple[str, str] | None:
+    """(reason, message) for the first thing keeping this pod from serving, if any."""
+    name = pod["metadata"]["name"]
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return "Unschedulable", f"pod {name}: {cond.get('message') or 'cannot be scheduled'}"
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason", "")
+        detail = waiting.get("message") or reason
+        if reason in IMAGE_PULL_REASONS:
+            return (
+                "ImagePullFailed",
+                f"pod {name}: cannot pull image {container.get('image')}: {detail}",
+            )
+        if reason in CRASH_REASONS:
+            restarts = container.get("restartCount", 0)
+            return "CrashLoop", (
+                f"pod {name}: container {container['name']} keeps failing "
+                f"({reason}, {restarts} restarts): {detail}"
+            )
+    return None
+
+
+def conditions(
+    *,
+    deployments: list[dict[str, Any]],
+    pods: list[dict[str, Any]],
+    desired: int,
+) -> list[Condition]:
+    """Ready, Progressing and Degraded for the current observation."""
+    problems = [p for p in (pod_problem(pod) for pod in pods) if p is not None]
+    stable = next((d for d in deployments if "-canary" not in d["metadata"]["name"]), None)
+    ready = sum(_int(d, "readyReplicas") for d in deployments)
+    wanted = sum(spec_replicas(d) for d in deployments)
+    updated = sum(_int(d, "updatedReplicas") for d in deployments)
+    observed = all(
+        _int(d, "observedGeneration") >= d["metadata"].get("generation", 0) for d in deployments
+    )
+    settled = observed and ready >= wanted and updated >= wanted
+
+    if problems:
+        reason, message = problems[0]
+        if len(problems) > 1:
+            message += f" (and {len(problems) - 1} more pods)"
+        degraded = Condition("Degraded", "True", reason, message)
+    else:
+        degraded = Condition("Degraded", "False", "AsExpected", "no pod reports a problem")
+
+    if stable is None:
+        ready_cond = Condition(
+            "Ready", "False", "NotCreated", "the stable Deployment does not exist yet"
+        )
+    elif desired == 0 and wanted == 0:
+        ready_cond = Condition(
+            "Ready", "True", "ScaledToZero", "scaled to zero; the next request wakes it"
+        )
+    elif ready >= 1 and _int(stable, "readyReplicas") >= 1:
+        ready_cond = Condition("Ready", "True", "Serving", f"{ready}/{wanted} replicas ready")
+    elif problems:
+        ready_cond = Condition("Ready", "False", degraded.reason, degraded.message)
+    else:
+        ready_cond = Condition(
+            "Ready",
+            "False",
+            "Starting",
+            f"{ready}/{wanted} replicas ready; waiting for the model to load",
+        )
+
+    if settled:
+        progressing = Condition(
+            "Progressing", "False", "Stable", "every replica runs the current spec"
+        )
+    elif not observed:
+        progressing = Condition("Progressing", "True", "Updating", "a spec change is rolling out")
+    else:
+        progressing = Condition(
+            "Progressing",
+            "True",
+            "ScalingUp" if updated >= wanted else "Updating",
+            f"{ready}/{wanted} replicas ready, {updated} on the current spec",
+        )
+    return [ready_cond, progressing, degraded]
+
+
+def spec_replicas(deployment: dict[str, Any]) -> int:
+    """spec.replicas, which the API server defaults to 1 when a manifest leaves it out."""
+    value = (deployment.get("spec") or {}).get("replicas")
+    return 1 if value is None else int(value)
+
+
+def _int(obj: dict[str, Any], field: str) -> int:
+    return int((obj.get("status") or {}).get(field) or 0)
+
+
+def merge(
+    previous: list[dict[str, Any]], current: list[Condition], generation: int, now: datetime
+) -> list[dict[str, Any]]:
+    """New conditions, keeping lastTransitionTime where status did not change, and keeping
+    conditions of other types (written by the autoscaler or the rollout) as they are."""
+    by_type = {c.get("type"): c for c in previous}
+    out: list[dict[str, Any]] = []
+    for cond in current:
+        before = by_type.pop(cond.type, None)
+        since = rfc3339(now)
+        if before is not None and before.get("status") == cond.status:
+            since = before.get("lastTransitionTime") or since
+        out.append(
+            {
+                "type": cond.type,
+                "status": cond.status,
+                "reason": cond.reason,
+                "message": cond.message,
+                "lastTransitionTime": since,
+                "observedGeneration": generation,
+            }
+        )
+    out += list(by_type.values())
+    return out
