@@ -4,26 +4,43 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
+
+from kinfer.cli import main
 
 from .conftest import INVALID, ROOT, expected_field
 
 COMMANDS = [[], ["crd"], ["render"], ["validate"]]
 
 
-def kinfer(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kinfer", *args],
-        input=stdin,
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def kinfer(*args: str, stdin: str | None = None) -> Run:
+    """The CLI in-process (fast); test_entry_point runs the installed command once for real."""
+    result = CliRunner().invoke(main, list(args), input=stdin, catch_exceptions=False)
+    return Run(result.exit_code, result.stdout, result.stderr)
+
+
+def test_entry_point_runs_as_a_process() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "kinfer", "validate", "-f", "examples/minimal.yaml"],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=60,
         check=False,
     )
+    assert (result.returncode, result.stdout) == (0, "valid\n"), result.stderr
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "kinfer")
