@@ -114,9 +114,7 @@ def _model_location(model: api.Model) -> tuple[str, list[dict[str, Any]], list[d
     return model.uri, [], []
 
 
-def _server_args(
-    name: str, spec: api.InferenceServiceSpec, model_uri: str, model: api.Model
-) -> list[str]:
+def _server_args(name: str, spec: api.InferenceServiceSpec, model_uri: str) -> list[str]:
     if spec.runtime.server == "triton":
         directory = model_uri.removeprefix("file://")
         return [
@@ -129,7 +127,6 @@ def _server_args(
     return [
         f"--model-uri={model_uri}",
         f"--model-name={name}",
-        f"--model-format={model.format}",
         "--host=0.0.0.0",
         f"--http-port={HTTP_PORT}",
         f"--grpc-port={GRPC_PORT}",
@@ -193,7 +190,7 @@ def _track(
             "prometheus.io/path": "/metrics",
             "kinfer.dev/model-uri": model.uri,
         },
-        args=_server_args(name, spec, model_uri, model),
+        args=_server_args(name, spec, model_uri),
         volumes=[scratch, *volumes],
         volume_mounts=[{"name": "tmp", "mountPath": "/tmp"}, *mounts],
     )
