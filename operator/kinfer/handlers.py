@@ -21,12 +21,16 @@ import kopf
 from kinfer import operator_metrics as metrics
 from kinfer.api import v1alpha1 as api
 from kinfer.apply import ISVC_LABEL, Cluster, load_client_config
+from kinfer.autoscaling.prometheus import PrometheusSource
+from kinfer.metrics_source import MetricsSource
 from kinfer.reconcile import Outcome, reconcile
+from kinfer.rollout import tick as rollout
 from kinfer.settings import OperatorConfig, load_config
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 MANAGED = {"app.kubernetes.io/managed-by": "kinfer"}
 RESYNC_SECONDS = 60.0
+ROLLOUT_SECONDS = 10.0
 # Owned kinds whose changes trigger a pass; pods for status (readiness, crash loops, scheduling).
 WATCHED = (
     ("apps", "v1", "deployments"),
@@ -49,9 +53,14 @@ class Runtime:
 
     cluster: Cluster
     config: OperatorConfig
+    source: MetricsSource
     guard: threading.Lock = field(default_factory=threading.Lock)
     locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     queued: set[tuple[str, str]] = field(default_factory=set)
+
+    def lock(self, key: tuple[str, str]) -> threading.Lock:
+        with self.guard:
+            return self.locks.setdefault(key, threading.Lock())
 
     @contextmanager
     def turn(self, key: tuple[str, str]) -> Iterator[bool]:
@@ -78,7 +87,11 @@ def startup(settings: kopf.OperatorSettings, memo: Any, logger: Logger, **_: Any
     settings.peering.lifetime = 15
     settings.execution.max_workers = 8
     config = load_config(CONFIG_PATH)
-    memo.runtime = Runtime(cluster=Cluster(load_client_config()), config=config)
+    memo.runtime = Runtime(
+        cluster=Cluster(load_client_config()),
+        config=config,
+        source=PrometheusSource(config.prometheus_url),
+    )
     metrics.serve(METRICS_PORT, METRICS_ADDRESS)
     logger.info(
         "kinfer operator started: metrics on %s:%d, config %s",
@@ -127,15 +140,21 @@ def report(
             ", status updated" if outcome.status_changed else "",
         )
     if outcome.events:
-        owner = kopf.Body(
-            {
-                "apiVersion": api.API_VERSION,
-                "kind": api.KIND,
-                "metadata": {"name": name, "namespace": namespace, "uid": outcome.uid},
-            }
-        )
+        owner = _owner({"metadata": {"name": name, "namespace": namespace, "uid": outcome.uid}})
         for kind, reason, message in outcome.events:
             kopf.event(owner, type=kind, reason=reason, message=message)
+
+
+def _owner(isvc: dict[str, Any]) -> kopf.Body:
+    """Enough of the InferenceService for kopf to post an Event about it."""
+    meta = isvc["metadata"]
+    return kopf.Body(
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
+        }
+    )
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
@@ -166,3 +185,30 @@ for _group, _version, _plural in WATCHED:
     kopf.on.event(_group, _version, _plural, labels={**MANAGED, ISVC_LABEL: kopf.PRESENT})(
         _owned_changed
     )
+
+
+@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=ROLLOUT_SECONDS, sharp=False)
+def rollout_timer(namespace: str | None, name: str, memo: Any, logger: Logger, **_: Any) -> None:
+    """Canary steps: analysis, promotion and rollback, all recorded in status.canary."""
+    if not namespace:
+        return
+    runtime: Runtime = memo.runtime
+    with runtime.lock((namespace, name)):
+        isvc = runtime.cluster.get_isvc(namespace, name)
+        if isvc is None:
+            return
+        deployments = [
+            o for o in runtime.cluster.owned(namespace, name).values() if o["kind"] == "Deployment"
+        ]
+        try:
+            result = rollout.tick(isvc, runtime.source, deployments, datetime.now(UTC))
+        except Exception:
+            metrics.ERRORS.labels("rollout").inc()
+            raise
+        if result.status_patch:
+            runtime.cluster.patch_status(namespace, name, result.status_patch)
+        for event in result.events:
+            logger.info("rollout %s/%s: %s: %s", namespace, name, event.reason, event.message)
+            kopf.event(_owner(isvc), type=event.type, reason=event.reason, message=event.message)
+    if result.reapply:
+        run_pass(memo, namespace, name, logger, "rollout")

@@ -125,14 +125,20 @@ def _int(obj: dict[str, Any], field: str) -> int:
 def merge(
     previous: list[dict[str, Any]], current: list[Condition], generation: int, now: datetime
 ) -> list[dict[str, Any]]:
-    """New conditions, keeping lastTransitionTime where status did not change, and keeping
-    conditions of other types (written by the autoscaler or the rollout) as they are."""
-    by_type = {c.get("type"): c for c in previous}
+    """Conditions with `current` written over `previous`, in a stable order (existing types keep
+    their place, new ones go last), so that an unchanged observation is an unchanged list.
+    lastTransitionTime moves only when a condition's status changes; conditions of other types
+    (written by the autoscaler or the rollout) stay as they are."""
+    fresh = {c.type: c for c in current}
+    seen = {c.get("type") for c in previous}
     out: list[dict[str, Any]] = []
-    for cond in current:
-        before = by_type.pop(cond.type, None)
+    for before in [*previous, *({"type": c.type} for c in current if c.type not in seen)]:
+        cond = fresh.get(before.get("type", ""))
+        if cond is None:
+            out.append(before)
+            continue
         since = rfc3339(now)
-        if before is not None and before.get("status") == cond.status:
+        if before.get("status") == cond.status:
             since = before.get("lastTransitionTime") or since
         out.append(
             {
@@ -144,5 +150,4 @@ def merge(
                 "observedGeneration": generation,
             }
         )
-    out += list(by_type.values())
     return out

@@ -397,6 +397,9 @@ class CanaryStatus(ApiModel):
     summary: str = ""
     """One-line summary shown in kubectl get, e.g. 2/4 25%."""
 
+    revision: str = ""
+    """The canary model (uri) this state belongs to; a different canary model starts over."""
+
 
 class InferenceServiceStatus(ApiModel):
     """Observed state, written by the operator."""

@@ -1,0 +1,322 @@
+"""The operator on the real test bed: reconcile, status, drift, GC, restarts, HA, RBAC.
+
+The operator runs as a process authenticated with its ServiceAccount's token, so the RBAC in
+config/rbac/ is exactly what it has. Model-server pods are real kinfer-runtime processes started
+by the test bed's launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from operator_bed import (
+    OPERATOR_NAMESPACE,
+    ROOT,
+    SERVICE_ACCOUNT,
+    OperatorProcess,
+    example,
+    make_model,
+    resource_versions,
+    sa_kubeconfig,
+    token_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+INVALID = sorted((ROOT / "tests" / "data" / "invalid").glob("*.yaml"))
+OWNED = "deployments,services,poddisruptionbudgets,networkpolicies"
+
+
+@dataclass
+class Setup:
+    testbed: Any
+    kubeconfig: Path
+    model: Path
+    operator: OperatorProcess
+    logs: Path
+
+    def kubectl(self, *args: str, **kw: Any) -> Any:
+        return self.testbed.kubectl(*args, **kw)
+
+    def get(self, namespace: str, what: str) -> dict[str, Any]:
+        out = self.kubectl("get", "-n", namespace, what, "-o", "json", check=False)
+        if out.returncode != 0:
+            return {}
+        doc: dict[str, Any] = json.loads(out.stdout)
+        return doc
+
+    def condition(self, namespace: str, name: str, kind: str) -> dict[str, Any]:
+        isvc = self.get(namespace, f"inferenceservice/{name}")
+        conds = (isvc.get("status") or {}).get("conditions") or []
+        return next((c for c in conds if c["type"] == kind), {})
+
+    def why(self, namespace: str, *objects: str) -> str:
+        return (
+            self.testbed.diagnostics(namespace, *objects)
+            + f"\n--- operator log:\n{self.operator.tail()}"
+        )
+
+
+def _first_line_field(path: Path) -> str:
+    return path.read_text().splitlines()[0].removeprefix("# expect: ").strip()
+
+
+@pytest.fixture(scope="module")
+def setup(testbed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    logs = tmp_path_factory.mktemp("operator")
+    testbed.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    testbed.kubectl("apply", "--server-side", "-f", str(ROOT / "config" / "peering"))
+    namespace = yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace",
+                                "metadata": {"name": OPERATOR_NAMESPACE}})  # fmt: skip
+    testbed.kubectl("apply", "-f", "-", input=namespace)
+    testbed.kubectl("apply", "--server-side", "-f", str(ROOT / "config" / "rbac"))
+    testbed.kubectl("wait", "--for=condition=Established", "--timeout=30s",
+                    "crd/inferenceservices.kinfer.dev", "crd/clusterkopfpeerings.kopf.dev")  # fmt: skip
+    kubeconfig = sa_kubeconfig(
+        testbed.kubeconfig, token_for(testbed.kubectl), logs / "operator.kubeconfig"
+    )
+    model = make_model(Path("/tmp/kinfer-e2e-models/mlp"))
+    # Priority 100: the standby started by the HA test has a lower one.
+    operator = OperatorProcess(kubeconfig, logs / "operator-a.log", ["--priority", "100"]).start()
+    yield Setup(testbed, kubeconfig, model, operator, logs)
+    operator.stop()
+
+
+def apply_isvc(setup: Setup, namespace: str, doc: dict[str, Any]) -> str:
+    setup.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(doc))
+    return str(doc["metadata"]["name"])
+
+
+def wait_ready(setup: Setup, wait_for: Any, namespace: str, name: str, timeout: float = 60) -> None:
+    wait_for(
+        lambda: setup.condition(namespace, name, "Ready").get("status") == "True",
+        timeout,
+        describe=lambda: (
+            f"kisvc/{name} Ready\n"
+            + setup.why(namespace, f"inferenceservice/{name}", f"deployment/{name}")
+        ),
+        interval=0.5,
+    )
+
+
+@pytest.mark.parametrize("name", ["minimal", "gpu-hpa", "gpu-canary", "ab-header"])
+def test_example_becomes_ready_with_owned_objects(
+    setup: Setup, namespace: str, wait_for: Any, name: str
+) -> None:
+    doc = example(name, setup.model)
+    isvc = apply_isvc(setup, namespace, doc)
+    wait_ready(setup, wait_for, namespace, isvc)
+    # kubectl wait works on the same condition.
+    setup.kubectl("wait", "-n", namespace, "--for=condition=Ready", f"kisvc/{isvc}", "--timeout=5s")
+    uid = setup.get(namespace, f"inferenceservice/{isvc}")["metadata"]["uid"]
+    owned = setup.get(namespace, OWNED)["items"]
+    kinds = {o["kind"] for o in owned}
+    assert {"Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
+    for obj in owned:
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == uid, obj["metadata"]["name"]
+    gpus = doc["spec"].get("resources", {}).get("gpu", 0)
+    for deployment in (o for o in owned if o["kind"] == "Deployment"):
+        limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert limits.get("nvidia.com/gpu", 0) == gpus
+    if gpus:
+        pods = setup.get(namespace, f"pods -l kinfer.dev/isvc={isvc}")["items"]
+        nodes = {p["spec"].get("nodeName") for p in pods}
+        assert nodes and all(n and n.startswith("gpu-") for n in nodes), nodes
+    printed = setup.kubectl("get", "kisvc", "-n", namespace, isvc).stdout
+    assert "True" in printed.splitlines()[1], printed
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
+def test_invalid_spec_is_refused_by_the_api_server(
+    setup: Setup, namespace: str, path: Path
+) -> None:
+    result = setup.kubectl("apply", "-n", namespace, "-f", str(path), check=False)
+    assert result.returncode != 0, f"{path.name} was accepted"
+    assert _first_line_field(path) in result.stderr, result.stderr
+
+
+def test_spec_change_rolls_out_and_observed_generation_follows(
+    setup: Setup, namespace: str, wait_for: Any
+) -> None:
+    isvc = apply_isvc(setup, namespace, example("minimal", setup.model))
+    wait_ready(setup, wait_for, namespace, isvc)
+    patch = {"spec": {"runtime": {"batching": {"maxBatchSize": 8}}, "scaling": {"maxReplicas": 3}}}
+    setup.kubectl(
+        "patch", "-n", namespace, f"kisvc/{isvc}", "--type=merge", "-p", json.dumps(patch)
+    )
+
+    def rolled_out() -> bool:
+        deployment = setup.get(namespace, f"deployment/{isvc}")
+        args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        obj = setup.get(namespace, f"kisvc/{isvc}")
+        observed = obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+        return "--max-batch-size=8" in args and observed
+
+    wait_for(
+        rolled_out, 30, describe=lambda: "new args and observedGeneration\n" + setup.why(namespace)
+    )
+    wait_ready(setup, wait_for, namespace, isvc)
+
+
+def test_drift_is_repaired_and_foreign_labels_survive(
+    setup: Setup, namespace: str, wait_for: Any
+) -> None:
+    isvc = apply_isvc(setup, namespace, example("minimal", setup.model))
+    wait_ready(setup, wait_for, namespace, isvc)
+    setup.kubectl("label", "-n", namespace, f"deployment/{isvc}", "team=search")
+    setup.kubectl("delete", "-n", namespace, f"service/{isvc}")
+    setup.kubectl("label", "-n", namespace, f"deployment/{isvc}",
+                  "app.kubernetes.io/part-of=something-else", "--overwrite")  # fmt: skip
+
+    def repaired() -> bool:
+        labels = setup.get(namespace, f"deployment/{isvc}")["metadata"]["labels"]
+        service = setup.get(namespace, f"service/{isvc}")
+        return bool(service) and labels["app.kubernetes.io/part-of"] == "kinfer"
+
+    wait_for(
+        repaired, 30, describe=lambda: "Service back and label restored\n" + setup.why(namespace)
+    )
+    labels = setup.get(namespace, f"deployment/{isvc}")["metadata"]["labels"]
+    assert labels["team"] == "search", "a label kinfer does not manage was removed"
+    events = setup.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    reasons = {e["reason"] for e in json.loads(events)["items"]}
+    assert {"Created", "Updated"} <= reasons, reasons
+
+
+def test_scaled_deployment_in_fixed_mode_is_put_back(
+    setup: Setup, namespace: str, wait_for: Any
+) -> None:
+    doc = example("minimal", setup.model)
+    doc["spec"]["scaling"] = {"mode": "fixed", "minReplicas": 1, "maxReplicas": 2}
+    isvc = apply_isvc(setup, namespace, doc)
+    wait_ready(setup, wait_for, namespace, isvc)
+    setup.kubectl("scale", "-n", namespace, f"deployment/{isvc}", "--replicas=3")
+    wait_for(
+        lambda: setup.get(namespace, f"deployment/{isvc}")["spec"]["replicas"] == 1,
+        30,
+        describe=lambda: "replicas back to 1\n" + setup.why(namespace),
+    )
+
+
+def test_deleting_the_service_object_garbage_collects_owned_objects(
+    setup: Setup, namespace: str, wait_for: Any
+) -> None:
+    isvc = apply_isvc(setup, namespace, example("minimal", setup.model))
+    wait_for(lambda: setup.get(namespace, f"deployment/{isvc}"), 30, describe="deployment")
+    setup.kubectl("delete", "-n", namespace, f"kisvc/{isvc}", "--wait=false")
+    wait_for(
+        lambda: not setup.get(namespace, OWNED)["items"],
+        60,
+        describe=lambda: "owned objects collected\n" + setup.why(namespace),
+    )
+
+
+def test_too_many_gpus_per_pod_is_degraded_with_the_scheduler_reason(
+    setup: Setup, namespace: str, wait_for: Any
+) -> None:
+    doc = example("minimal", setup.model)
+    doc["spec"]["resources"] = {"gpu": 5}
+    isvc = apply_isvc(setup, namespace, doc)
+
+    def degraded() -> dict[str, Any]:
+        cond = setup.condition(namespace, isvc, "Degraded")
+        return cond if cond.get("status") == "True" else {}
+
+    cond = wait_for(degraded, 60, describe=lambda: "Degraded\n" + setup.why(namespace))
+    assert cond["reason"] == "Unschedulable"
+    assert "nvidia.com/gpu" in cond["message"]
+    ready = setup.condition(namespace, isvc, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "Unschedulable")
+
+
+def test_restart_with_nothing_changed_writes_nothing(
+    setup: Setup, namespace: str, wait_for: Any
+) -> None:
+    isvc = apply_isvc(setup, namespace, example("minimal", setup.model))
+    wait_ready(setup, wait_for, namespace, isvc)
+    # Let the pass triggered by the Ready status itself settle before taking the snapshot.
+    wait_for(lambda: setup.condition(namespace, isvc, "Progressing").get("status") == "False",
+             30, describe="Progressing=False")  # fmt: skip
+
+    def snapshot() -> dict[str, str]:
+        objects = setup.get(namespace, OWNED)["items"]
+        objects.append(setup.get(namespace, f"kisvc/{isvc}"))
+        return resource_versions(objects)
+
+    before = snapshot()
+    setup.operator.stop()
+    setup.operator = OperatorProcess(
+        setup.kubeconfig, setup.logs / "operator-a2.log", ["--priority", "100"]
+    ).start()
+
+    def passes_done() -> bool:
+        try:
+            text = setup.operator.metrics()
+        except OSError:
+            return False
+        done = [line for line in text.splitlines()
+                if line.startswith('kinfer_operator_reconcile_total{result="ok"}')]  # fmt: skip
+        return bool(done) and float(done[0].split()[-1]) >= 1
+
+    wait_for(
+        passes_done, 60, describe=lambda: "the new operator's first pass\n" + setup.operator.tail()
+    )
+    assert snapshot() == before
+
+
+def test_standby_takes_over_when_the_leader_is_killed(
+    setup: Setup, namespace: str, wait_for: Any
+) -> None:
+    standby = OperatorProcess(setup.kubeconfig, setup.logs / "operator-b.log", ["--priority", "50"])
+    standby.start()
+    try:
+        wait_for(lambda: "Pausing operations" in standby.tail(200) or "paus" in standby.tail(200),
+                 60, describe=lambda: "standby paused behind the leader\n" + standby.tail())  # fmt: skip
+        assert setup.operator.proc is not None
+        setup.operator.stop(signal.SIGKILL)
+        isvc = apply_isvc(setup, namespace, example("minimal", setup.model))
+        wait_for(
+            lambda: setup.get(namespace, f"deployment/{isvc}"),
+            30,
+            describe=lambda: "standby created the Deployment\n" + standby.tail(),
+            interval=0.5,
+        )
+    finally:
+        standby.stop()
+        # Leave a leader for the tests that follow.
+        setup.operator = OperatorProcess(
+            setup.kubeconfig, setup.logs / "operator-a3.log", ["--priority", "100"]
+        ).start()
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "allowed"),
+    [
+        ("get", "secrets", False),
+        ("list", "secrets", False),
+        ("create", "deployments.apps", True),
+        ("patch", "inferenceservices.kinfer.dev/status", True),
+        ("patch", "inferenceservices.kinfer.dev", False),
+        ("delete", "nodes", False),
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io", False),
+        ("delete", "pods", False),
+        ("*", "*", False),
+    ],
+)
+def test_operator_service_account_has_least_privilege(
+    setup: Setup, verb: str, resource: str, allowed: bool
+) -> None:
+    who = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{SERVICE_ACCOUNT}"
+    subresource: list[str] = []
+    if resource.endswith("/status"):
+        resource, sub = resource.rsplit("/", 1)
+        subresource = [f"--subresource={sub}"]
+    out = setup.kubectl("auth", "can-i", verb, resource, *subresource, f"--as={who}", check=False)
+    assert out.stdout.strip() == ("yes" if allowed else "no"), out.stdout + out.stderr

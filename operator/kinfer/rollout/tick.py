@@ -1,0 +1,77 @@
+"""One rollout tick for one InferenceService: read analysis, step the machine, say what to write.
+
+Pure apart from the MetricsSource it is given: the kopf timer in handlers.py patches the status
+this returns and re-applies when the weight moved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from kinfer import status as status_mod
+from kinfer.api import v1alpha1 as api
+from kinfer.metrics_source import MetricsSource
+from kinfer.rollout import analysis, machine
+
+
+@dataclass
+class RolloutTick:
+    status_patch: dict[str, Any] = field(default_factory=dict)
+    events: list[machine.Event] = field(default_factory=list)
+    reapply: bool = False
+
+
+def canary_ready(deployments: list[dict[str, Any]]) -> bool:
+    """Every desired canary replica runs the current template and is ready."""
+    for d in deployments:
+        if d["metadata"]["name"].endswith("-canary"):
+            st = d.get("status") or {}
+            current = int(st.get("observedGeneration") or 0) >= int(
+                d["metadata"].get("generation") or 0
+            )
+            return current and int(st.get("readyReplicas") or 0) >= status_mod.spec_replicas(d)
+    return False
+
+
+def tick(
+    isvc: dict[str, Any],
+    source: MetricsSource,
+    deployments: list[dict[str, Any]],
+    now: datetime,
+) -> RolloutTick:
+    meta = isvc["metadata"]
+    spec = api.validate_spec(isvc["spec"])
+    previous: dict[str, Any] = isvc.get("status") or {}
+    raw = previous.get("canary")
+    canary = spec.rollout.canary
+    if canary is None and raw is None:
+        return RolloutTick()
+    state = api.CanaryStatus.model_validate(raw) if raw else None
+    if state is not None and canary is not None and state.revision not in ("", canary.model.uri):
+        state = None  # a new canary model: its rollout starts from the first step
+    window = machine.analysis_window(state, now)
+    verdict = None
+    if window is not None and canary is not None:
+        verdict = analysis.analyze(source, meta["namespace"], meta["name"], canary.analysis, window)
+    controls = machine.parse_controls(meta.get("annotations"))
+    moved = machine.step(
+        spec.rollout, state, verdict, controls, now, canary_ready=canary_ready(deployments)
+    )
+    new_canary = None
+    if moved.status is not None and canary is not None:
+        new_canary = moved.status.model_copy(update={"revision": canary.model.uri}).model_dump(
+            by_alias=True
+        )
+    out = RolloutTick(events=list(moved.events), reapply=bool(moved.actions))
+    if new_canary != raw:
+        out.status_patch["canary"] = new_canary
+    cond = machine.rollout_condition(moved.status)
+    if cond is not None:
+        generation = int(meta.get("generation") or 0)
+        current = status_mod.Condition(cond.type, cond.status, cond.reason, cond.message)
+        conditions = status_mod.merge(previous.get("conditions") or [], [current], generation, now)
+        if conditions != previous.get("conditions"):
+            out.status_patch["conditions"] = conditions
+    return out

@@ -1,0 +1,80 @@
+"""The rollout timer's pure part: what it writes to status for a live InferenceService."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kinfer.metrics_source import MetricsUnavailable
+from kinfer.rollout.tick import canary_ready, tick
+
+from .conftest import ROOT, load
+
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+class DownSource:
+    def scalar(self, promql: str) -> float | None:
+        raise MetricsUnavailable("connection refused")
+
+
+def _isvc() -> dict[str, Any]:
+    isvc = load(ROOT / "examples" / "gpu-canary.yaml")
+    isvc["metadata"].update({"uid": "u", "generation": 1})
+    return isvc
+
+
+def _canary_deployment(ready: int) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "ranker-canary", "generation": 1},
+        "spec": {"replicas": 1},
+        "status": {"observedGeneration": 1, "readyReplicas": ready},
+    }
+
+
+def test_a_new_canary_starts_pending_at_the_first_step() -> None:
+    result = tick(_isvc(), DownSource(), [], T0)
+    canary = result.status_patch["canary"]
+    assert (canary["phase"], canary["weight"], canary["revision"]) == (
+        "Pending",
+        10,
+        "pvc://models/ranker/8",
+    )
+    (cond,) = result.status_patch["conditions"]
+    assert (cond["type"], cond["status"]) == ("RolloutSucceeded", "Unknown")
+
+
+def test_nothing_to_write_without_a_canary() -> None:
+    isvc = load(ROOT / "examples" / "minimal.yaml")
+    result = tick(isvc, DownSource(), [], T0)
+    assert (result.status_patch, result.events, result.reapply) == ({}, [], False)
+
+
+def test_a_different_canary_model_restarts_the_rollout() -> None:
+    isvc = _isvc()
+    isvc["status"] = {
+        "canary": {"phase": "Failed", "step": 2, "weight": 0, "revision": "pvc://models/ranker/7"}
+    }
+    result = tick(isvc, DownSource(), [], T0)
+    assert result.status_patch["canary"]["phase"] == "Pending"
+
+
+def test_prometheus_down_never_rolls_back() -> None:
+    isvc = _isvc()
+    first = tick(isvc, DownSource(), [_canary_deployment(1)], T0)
+    isvc["status"] = dict(first.status_patch)
+    now = T0
+    for _ in range(60):
+        now += timedelta(seconds=30)
+        result = tick(isvc, DownSource(), [_canary_deployment(1)], now)
+        isvc["status"].update(result.status_patch)
+        assert isvc["status"]["canary"]["phase"] in ("Pending", "Progressing")
+
+
+def test_canary_ready_needs_every_replica_on_the_current_template() -> None:
+    assert canary_ready([_canary_deployment(1)])
+    assert not canary_ready([_canary_deployment(0)])
+    stale = _canary_deployment(1)
+    stale["metadata"]["generation"] = 2
+    assert not canary_ready([stale])
+    assert not canary_ready([])
