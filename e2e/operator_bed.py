@@ -93,10 +93,20 @@ class OperatorProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kinfer", "operator", "--metrics-port",
-                 str(self.metrics_port), *self.args],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "kinfer",
+                    "operator",
+                    "--metrics-port",
+                    str(self.metrics_port),
+                    *self.args,
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
@@ -128,9 +138,13 @@ class OperatorProcess:
 
 def kinfer_cli(*args: str) -> str:
     proc = subprocess.run(
-        [sys.executable, "-m", "kinfer", *args], capture_output=True, text=True, check=True,
-        cwd=ROOT, timeout=120,
-    )  # fmt: skip
+        [sys.executable, "-m", "kinfer", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     return proc.stdout
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from operator_bed import (
     OPERATOR_NAMESPACE,
     ROOT,
@@ -73,12 +74,18 @@ def setup(testbed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
     logs = tmp_path_factory.mktemp("operator")
     testbed.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
     testbed.kubectl("apply", "--server-side", "-f", str(ROOT / "config" / "peering"))
-    namespace = yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace",
-                                "metadata": {"name": OPERATOR_NAMESPACE}})  # fmt: skip
+    namespace = yaml.safe_dump(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}}
+    )
     testbed.kubectl("apply", "-f", "-", input=namespace)
     testbed.kubectl("apply", "--server-side", "-f", str(ROOT / "config" / "rbac"))
-    testbed.kubectl("wait", "--for=condition=Established", "--timeout=30s",
-                    "crd/inferenceservices.kinfer.dev", "crd/clusterkopfpeerings.kopf.dev")  # fmt: skip
+    testbed.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        "crd/inferenceservices.kinfer.dev",
+        "crd/clusterkopfpeerings.kopf.dev",
+    )
     kubeconfig = sa_kubeconfig(
         testbed.kubeconfig, token_for(testbed.kubectl), logs / "operator.kubeconfig"
     )
@@ -172,8 +179,14 @@ def test_drift_is_repaired_and_foreign_labels_survive(
     wait_ready(setup, wait_for, namespace, isvc)
     setup.kubectl("label", "-n", namespace, f"deployment/{isvc}", "team=search")
     setup.kubectl("delete", "-n", namespace, f"service/{isvc}")
-    setup.kubectl("label", "-n", namespace, f"deployment/{isvc}",
-                  "app.kubernetes.io/part-of=something-else", "--overwrite")  # fmt: skip
+    setup.kubectl(
+        "label",
+        "-n",
+        namespace,
+        f"deployment/{isvc}",
+        "app.kubernetes.io/part-of=something-else",
+        "--overwrite",
+    )
 
     def repaired() -> bool:
         labels = setup.get(namespace, f"deployment/{isvc}")["metadata"]["labels"]
@@ -242,8 +255,11 @@ def test_restart_with_nothing_changed_writes_nothing(
     isvc = apply_isvc(setup, namespace, example("minimal", setup.model))
     wait_ready(setup, wait_for, namespace, isvc)
     # Let the pass triggered by the Ready status itself settle before taking the snapshot.
-    wait_for(lambda: setup.condition(namespace, isvc, "Progressing").get("status") == "False",
-             30, describe="Progressing=False")  # fmt: skip
+    wait_for(
+        lambda: setup.condition(namespace, isvc, "Progressing").get("status") == "False",
+        30,
+        describe="Progressing=False",
+    )
 
     def snapshot() -> dict[str, str]:
         objects = setup.get(namespace, OWNED)["items"]
@@ -261,8 +277,11 @@ def test_restart_with_nothing_changed_writes_nothing(
             text = setup.operator.metrics()
         except OSError:
             return False
-        done = [line for line in text.splitlines()
-                if line.startswith('kinfer_operator_reconcile_total{result="ok"}')]  # fmt: skip
+        done = [
+            line
+            for line in text.splitlines()
+            if line.startswith('kinfer_operator_reconcile_total{result="ok"}')
+        ]
         return bool(done) and float(done[0].split()[-1]) >= 1
 
     wait_for(
@@ -277,8 +296,11 @@ def test_standby_takes_over_when_the_leader_is_killed(
     standby = OperatorProcess(setup.kubeconfig, setup.logs / "operator-b.log", ["--priority", "50"])
     standby.start()
     try:
-        wait_for(lambda: "Pausing operations" in standby.tail(200) or "paus" in standby.tail(200),
-                 60, describe=lambda: "standby paused behind the leader\n" + standby.tail())  # fmt: skip
+        wait_for(
+            lambda: "Pausing operations" in standby.tail(200) or "paus" in standby.tail(200),
+            60,
+            describe=lambda: "standby paused behind the leader\n" + standby.tail(),
+        )
         assert setup.operator.proc is not None
         setup.operator.stop(signal.SIGKILL)
         isvc = apply_isvc(setup, namespace, example("minimal", setup.model))

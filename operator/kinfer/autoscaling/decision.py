@@ -1,0 +1,376 @@
+"""How many replicas: a pure function of (spec, metrics window, state, now).
+
+``decide`` is a chain of small named steps, each a plain function tested on its own:
+
+1. ``usable``          missing, stale or no reporting pod → hold the current count (fail-static).
+2. ``by_queue_depth``  replicas so each holds ``targets.queueDepthPerReplica`` rows.
+3. ``by_latency``      replicas scaled by p95 / ``targets.p95LatencyMs`` (HPA-style ratio).
+4. ``track_demand``    when demand was last seen; ``is_idle`` after ``scaleToZero.idleSeconds``.
+5. ``bounds``          clamp to [minReplicas, maxReplicas] (0 when idle and scale-to-zero is on).
+6. ``panicking``       a sharp burst: demand ≥ ``PANIC_THRESHOLD`` x ready replicas.
+7. ``stabilize``       HPA-style: a scale-up takes the lowest recommendation of the up window, a
+                       scale-down the highest of the down window. Panic and activation from zero
+                       skip the up window; panic never scales down.
+8. ``limit_scale_up``  at most ``maxScaleUpRate`` x current replicas in one step.
+
+No I/O and no clock: ``now`` is an argument, and everything carried between ticks is in
+``ScalingState``, which the operator stores in the resource (``to_dict``/``from_dict``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from kinfer.api.v1alpha1 import Scaling
+from kinfer.autoscaling.window import MetricsWindow
+
+# Not spec fields (yet); constants so a change is one reviewed line.
+
+PANIC_THRESHOLD = 2.0
+"""Panic when the recommendation is at least this multiple of the ready replicas, i.e. demand
+is twice what the pods that serve now can hold at target (Knative's 200 % default). A gauge read
+each tick already reacts as fast as Knative's 6 s panic window, so the trigger compares one
+instant reading with the capacity in service instead of comparing two averaging windows."""
+
+PANIC_HOLD_SECONDS = 60.0
+"""Panic lasts this long after the last tick that triggered it (Knative's 60 s stable window):
+long enough for new pods to start absorbing the burst before any scale-down is considered."""
+
+MAX_WINDOW_AGE_SECONDS = 60.0
+"""A window sampled longer ago than this is stale: hold the count rather than act on old data."""
+
+LATENCY_TOLERANCE = 0.1
+"""p95 within ±10 % of target keeps the latency term at the ready replicas (the HPA tolerance),
+so noise around the target does not add or remove a pod."""
+
+_EPS = 1e-9  # ceil(8.000000001) must stay 8 after float division
+
+
+@dataclass(frozen=True)
+class ScalingState:
+    """What one tick hands to the next. Small and JSON-safe: it lives in the resource."""
+
+    replicas: int = 1
+    """Replicas the Deployment(s) are set to now (the count this decision moves from)."""
+    recommendations: tuple[tuple[float, int], ...] = ()
+    """(time, recommendation) pairs within the longest stabilization window."""
+    panic_until: float | None = None
+    panic_floor: int = 0
+    """Highest count reached during the current panic; never go below it while panicking."""
+    last_demand_at: float | None = None
+    last_scale_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "replicas": self.replicas,
+            "recommendations": [[t, r] for t, r in self.recommendations],
+            "panicUntil": self.panic_until,
+            "panicFloor": self.panic_floor,
+            "lastDemandAt": self.last_demand_at,
+            "lastScaleAt": self.last_scale_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScalingState:
+        def opt(key: str) -> float | None:
+            value = data.get(key)
+            return None if value is None else float(value)
+
+        return cls(
+            replicas=int(data.get("replicas", 1)),
+            recommendations=tuple((float(t), int(r)) for t, r in data.get("recommendations", ())),
+            panic_until=opt("panicUntil"),
+            panic_floor=int(data.get("panicFloor", 0)),
+            last_demand_at=opt("lastDemandAt"),
+            last_scale_at=opt("lastScaleAt"),
+        )
+
+
+@dataclass(frozen=True)
+class Term:
+    """One step's result, for ``kinfer explain-scale`` and the event message."""
+
+    name: str
+    value: float | int | str | bool | None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    replicas: int
+    reason: str
+    next_state: ScalingState
+    terms: tuple[Term, ...] = field(default=())
+    metrics_available: bool = True
+    """False → the operator sets MetricsAvailable=False (the count was held)."""
+    panic: bool = False
+    previous: int = 0
+    """The count this decision moves from (``state.replicas`` on the way in)."""
+
+    @property
+    def changed(self) -> bool:
+        return self.replicas != self.previous
+
+
+# --- the steps ---------------------------------------------------------------------------------
+
+
+def usable(
+    window: MetricsWindow, now: float, current: int, max_age: float = MAX_WINDOW_AGE_SECONDS
+) -> str:
+    """Why the window cannot be acted on, or "" when it can.
+
+    Pods that run but report nothing (scrape broken, or still starting) are missing data, not
+    zero load: acting on them would scale a busy service down to minReplicas.
+    """
+    if not window.available:
+        return f"metrics unavailable: {window.reason or 'no reason given'}"
+    if window.is_stale(now, max_age):
+        return f"metrics stale: sampled {window.age(now):.0f}s ago (limit {max_age:.0f}s)"
+    if window.age(now) < -max_age:
+        return f"metrics from the future: sampled {-window.age(now):.0f}s ahead of now"
+    if window.ready_replicas == 0 and current > 0:
+        return f"no ready replica reports metrics ({current} set)"
+    return ""
+
+
+def by_queue_depth(spec: Scaling, window: MetricsWindow) -> int:
+    """Replicas needed so each holds the target queue depth. Works from zero replicas too."""
+    return max(0, math.ceil(window.queue_depth / spec.targets.queue_depth_per_replica - _EPS))
+
+
+def by_latency(spec: Scaling, window: MetricsWindow) -> int:
+    """The replicas behind the p95, scaled by p95/target; unchanged within tolerance; 0 without
+    data.
+
+    "Behind the p95" is the fewest ready replicas of the latency window: pods that are starting,
+    or joined after the slow requests, must not multiply a latency they did not serve (else each
+    tick after a scale-up would compound the same old p95).
+    """
+    replicas = _latency_pool(window)
+    if window.p95_latency_ms is None or replicas <= 0:
+        return 0
+    ratio = window.p95_latency_ms / spec.targets.p95_latency_ms
+    if abs(ratio - 1.0) <= LATENCY_TOLERANCE:
+        return replicas
+    return max(0, math.ceil(replicas * ratio - _EPS))
+
+
+def _latency_pool(window: MetricsWindow) -> int:
+    if window.latency_replicas is None:
+        return window.ready_replicas
+    return min(window.ready_replicas, window.latency_replicas)
+
+
+def track_demand(last_demand_at: float | None, window: MetricsWindow, now: float) -> float:
+    """When demand was last seen. A fresh state starts the idle clock now, not at the epoch."""
+    if window.has_demand or last_demand_at is None:
+        return now
+    return last_demand_at
+
+
+def is_idle(spec: Scaling, last_demand_at: float, now: float) -> bool:
+    """Scale-to-zero is on and nothing arrived for idleSeconds."""
+    stz = spec.scale_to_zero
+    return stz.enabled and now - last_demand_at >= stz.idle_seconds
+
+
+def bounds(spec: Scaling, idle: bool) -> tuple[int, int]:
+    """[lo, hi] for the count: 0 only when idle; otherwise at least one pod serves."""
+    lo = 0 if idle else max(spec.min_replicas, 1)
+    return lo, spec.max_replicas
+
+
+def clamp(value: int, lo: int, hi: int) -> int:
+    return max(lo, min(value, hi))
+
+
+def panicking(
+    desired: int, ready: int, now: float, panic_until: float | None
+) -> tuple[bool, float | None]:
+    """(in panic now, panic_until). Triggered by desired ≥ threshold x ready; held for a while.
+
+    With no ready pod there is no capacity to compare with; activation from zero is its own
+    immediate path, so it is not a panic.
+    """
+    if ready > 0 and desired >= PANIC_THRESHOLD * ready:
+        return True, now + PANIC_HOLD_SECONDS
+    if panic_until is not None and now < panic_until:
+        return True, panic_until
+    return False, None
+
+
+def record(
+    recs: tuple[tuple[float, int], ...], now: float, value: int, horizon: float
+) -> tuple[tuple[float, int], ...]:
+    """Add this tick's recommendation, drop those older than the longest window."""
+    kept = tuple((t, r) for t, r in recs if now - horizon <= t <= now)
+    return (*kept, (now, value))
+
+
+def stabilize(
+    current: int,
+    recs: tuple[tuple[float, int], ...],
+    now: float,
+    up_seconds: float,
+    down_seconds: float,
+) -> tuple[int, int, int]:
+    """HPA's rule: (result, up_rec, down_rec).
+
+    up_rec is the lowest recommendation of the up window (a rise must have held that long),
+    down_rec the highest of the down window (a fall must have held that long). ``recs`` ends
+    with this tick's value, so up_rec ≤ value ≤ down_rec and the result is current clamped
+    into [up_rec, down_rec].
+    """
+    up = [r for t, r in recs if t >= now - up_seconds]
+    down = [r for t, r in recs if t >= now - down_seconds]
+    up_rec, down_rec = min(up), max(down)
+    return clamp(current, up_rec, down_rec), up_rec, down_rec
+
+
+def limit_scale_up(current: int, desired: int, rate: float) -> int:
+    """At most rate x current in one step (from zero, as if from one)."""
+    if desired <= current:
+        return desired
+    return min(desired, max(math.ceil(max(current, 1) * rate - _EPS), current + 1))
+
+
+# --- the chain ---------------------------------------------------------------------------------
+
+
+def decide(spec: Scaling, window: MetricsWindow, state: ScalingState, now: float) -> Decision:
+    """The replicas to run now, why, and the state for the next tick."""
+    current = state.replicas
+    terms: list[Term] = [Term("current", current, "replicas set now")]
+
+    problem = usable(window, now, current)
+    if problem:
+        # Fail-static: hold (within the spec's bounds, which are not metrics), keep the state.
+        held = min(max(current, spec.min_replicas), spec.max_replicas)
+        terms.append(Term("metrics", False, problem))
+        return _finish(held, f"holding {held}: {problem}", state, now, terms, available=False)
+
+    terms.append(Term("metrics", True, f"sampled {window.age(now):.0f}s ago"))
+    queue = by_queue_depth(spec, window)
+    latency = by_latency(spec, window)
+    terms += [
+        Term(
+            "by_queue_depth",
+            queue,
+            f"queue {window.queue_depth:g} / target {spec.targets.queue_depth_per_replica:g}",
+        ),
+        Term(
+            "by_latency",
+            latency,
+            "no p95 (no requests)"
+            if window.p95_latency_ms is None
+            else f"p95 {window.p95_latency_ms:.0f}ms / target {spec.targets.p95_latency_ms}ms"
+            f" x {_latency_pool(window)} replicas behind it",
+        ),
+    ]
+    raw = max(queue, latency)
+
+    last_demand = track_demand(state.last_demand_at, window, now)
+    idle = is_idle(spec, last_demand, now)
+    lo, hi = bounds(spec, idle)
+    wanted = clamp(raw, lo, hi)
+    terms += [
+        Term("idle_seconds", round(now - last_demand, 3), "since demand was last seen"),
+        Term("bounds", f"[{lo}, {hi}]", "scale to zero: idle" if idle else ""),
+        Term("recommendation", wanted, "max(by_queue_depth, by_latency) within bounds"),
+    ]
+    state = replace(state, last_demand_at=last_demand)
+
+    horizon = max(spec.scale_up_stabilization_seconds, spec.scale_down_stabilization_seconds)
+    # No history (new service, or state lost): as the HPA does, count the current replicas as
+    # recommended now, so nothing is removed before a full down window is seen (max() keeps a
+    # scale-up free of it).
+    history = state.recommendations or ((now, max(current, wanted)),)
+    recs = record(history, now, wanted, horizon)
+    state = replace(state, recommendations=recs)
+
+    if idle:
+        # The idle period is its own (longer) stabilization; do not wait another down window.
+        state = replace(state, panic_until=None, panic_floor=0)
+        why = f"idle {now - last_demand:.0f}s >= {spec.scale_to_zero.idle_seconds}s"
+        how = "staying at zero" if current == 0 else "scale to zero"
+        return _finish(0, f"{how}: {why}", state, now, terms)
+
+    panic, panic_until = panicking(raw, window.ready_replicas, now, state.panic_until)
+    terms.append(
+        Term(
+            "panic",
+            panic,
+            f"wanted {raw} vs {PANIC_THRESHOLD:g} x {window.ready_replicas} ready"
+            + (f", until t={panic_until:.0f}" if panic_until is not None else ""),
+        )
+    )
+    activating = current == 0
+    up_seconds = 0.0 if panic or activating else float(spec.scale_up_stabilization_seconds)
+    result, up_rec, down_rec = stabilize(
+        current, recs, now, up_seconds, float(spec.scale_down_stabilization_seconds)
+    )
+    terms.append(
+        Term(
+            "stabilized",
+            result,
+            f"up window {up_seconds:g}s min {up_rec}, "
+            f"down window {spec.scale_down_stabilization_seconds}s max {down_rec}",
+        )
+    )
+    panic_floor = 0
+    if panic:
+        panic_floor = max(state.panic_floor, current)
+        result = max(result, panic_floor)
+    limited = limit_scale_up(current, result, spec.max_scale_up_rate)
+    terms.append(Term("rate_limited", limited, f"max {spec.max_scale_up_rate:g} x current"))
+    final = clamp(limited, lo, hi)
+    if panic:
+        panic_floor = max(panic_floor, final)
+    if final > max(wanted, current):
+        # A scale-up above the recommendation (to the panic floor) is held by the down window
+        # like any other scale-up.
+        recs = (*recs[:-1], (now, final))
+    state = replace(state, recommendations=recs, panic_until=panic_until, panic_floor=panic_floor)
+
+    return _finish(
+        final, _reason(final, current, raw, queue, latency, panic, activating), state, now, terms
+    )
+
+
+def _reason(
+    final: int, current: int, raw: int, queue: int, latency: int, panic: bool, activating: bool
+) -> str:
+    driver = "queue depth" if queue >= latency else "p95 latency"
+    if final > current:
+        how = "activating from zero" if activating else ("panic" if panic else "scale up")
+        return f"{how}: {driver} wants {raw}"
+    if final < current:
+        return f"scale down: {driver} wants {raw}, highest of the down window is {final}"
+    if panic:
+        return f"panic: holding {final}, {driver} wants {raw}"
+    return f"steady: {driver} wants {raw}"
+
+
+def _finish(
+    replicas: int,
+    reason: str,
+    state: ScalingState,
+    now: float,
+    terms: list[Term],
+    available: bool = True,
+) -> Decision:
+    terms.append(Term("replicas", replicas, reason))
+    last_scale = now if replicas != state.replicas else state.last_scale_at
+    next_state = replace(state, replicas=replicas, last_scale_at=last_scale)
+    return Decision(
+        replicas=replicas,
+        reason=reason,
+        next_state=next_state,
+        terms=tuple(terms),
+        metrics_available=available,
+        panic=next_state.panic_until is not None and now < next_state.panic_until,
+        previous=state.replicas,
+    )
