@@ -206,13 +206,16 @@ def operator(
 ) -> None:
     """Run the kinfer operator (kopf) against the cluster in KUBECONFIG or in-cluster config."""
     import logging
+    import os
     import secrets
 
     import kopf
 
+    config = load_config(config_path)  # fail now, with the file named, rather than inside kopf
+    # kopf registers timers when handlers is imported, before startup() reads the config.
+    os.environ["KINFER_AUTOSCALE_INTERVAL_SECONDS"] = str(config.autoscale_interval_seconds)
     from kinfer import handlers
 
-    load_config(config_path)  # fail now, with the file named, rather than inside kopf
     handlers.CONFIG_PATH = config_path
     handlers.METRICS_PORT = metrics_port
     handlers.METRICS_ADDRESS = metrics_address

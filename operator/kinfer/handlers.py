@@ -8,6 +8,7 @@ as soon as the watch reports it, and a slow timer catches anything a watch misse
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +22,9 @@ import kopf
 from kinfer import operator_metrics as metrics
 from kinfer.api import v1alpha1 as api
 from kinfer.apply import ISVC_LABEL, Cluster, load_client_config
-from kinfer.autoscaling.prometheus import PrometheusSource
+from kinfer.autoscaling import loop as autoscale
+from kinfer.autoscaling.decision import ScalingState
+from kinfer.autoscaling.prometheus import PrometheusSource, read_window
 from kinfer.metrics_source import MetricsSource
 from kinfer.reconcile import Outcome, reconcile
 from kinfer.rollout import tick as rollout
@@ -31,6 +34,9 @@ Logger = logging.Logger | logging.LoggerAdapter[Any]
 MANAGED = {"app.kubernetes.io/managed-by": "kinfer"}
 RESYNC_SECONDS = 60.0
 ROLLOUT_SECONDS = 10.0
+# Read once at import: kopf registers timers before startup() loads the config file, so the
+# interval comes from the environment (KINFER_AUTOSCALE_INTERVAL_SECONDS) or this default.
+AUTOSCALE_SECONDS = float(os.environ.get("KINFER_AUTOSCALE_INTERVAL_SECONDS", "10"))
 # Owned kinds whose changes trigger a pass; pods for status (readiness, crash loops, scheduling).
 WATCHED = (
     ("apps", "v1", "deployments"),
@@ -55,6 +61,8 @@ class Runtime:
     config: OperatorConfig
     source: MetricsSource
     guard: threading.Lock = field(default_factory=threading.Lock)
+    # The autoscaler's memory between ticks, per InferenceService (see autoscaling/loop.py).
+    scaling: dict[tuple[str, str], ScalingState] = field(default_factory=dict)
     locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     queued: set[tuple[str, str]] = field(default_factory=set)
 
@@ -212,3 +220,40 @@ def rollout_timer(namespace: str | None, name: str, memo: Any, logger: Logger, *
             kopf.event(_owner(isvc), type=event.type, reason=event.reason, message=event.message)
     if result.reapply:
         run_pass(memo, namespace, name, logger, "rollout")
+
+
+@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=AUTOSCALE_SECONDS, sharp=False)
+def autoscale_timer(
+    namespace: str | None, name: str, spec: Any, memo: Any, logger: Logger, **_: Any
+) -> None:
+    """Mode metrics: read the window, decide, record it, and scale through a reconcile pass."""
+    if not namespace or (spec.get("scaling") or {}).get("mode", "metrics") != "metrics":
+        return
+    runtime: Runtime = memo.runtime
+    key = (namespace, name)
+    window = read_window(runtime.source, namespace, name, now=time.time())
+    with runtime.lock(key):
+        isvc = runtime.cluster.get_isvc(namespace, name)
+        if isvc is None:
+            runtime.scaling.pop(key, None)
+            return
+        scaling = api.validate_spec(isvc["spec"]).scaling
+        state = runtime.scaling.get(key) or autoscale.initial_state(
+            scaling, isvc.get("status") or {}
+        )
+        try:
+            result = autoscale.tick(isvc, window, state, datetime.now(UTC))
+        except Exception:
+            metrics.ERRORS.labels("autoscale").inc()
+            raise
+        runtime.scaling[key] = result.decision.next_state
+        if result.status_patch:
+            runtime.cluster.patch_status(namespace, name, result.status_patch)
+        for kind, reason, message in result.events:
+            logger.info("autoscale %s/%s: %s: %s", namespace, name, reason, message)
+            kopf.event(_owner(isvc), type=kind, reason=reason, message=message)
+    if result.decision.changed:
+        metrics.SCALES.labels(
+            "up" if result.decision.replicas > result.decision.previous else "down"
+        ).inc()
+        run_pass(memo, namespace, name, logger, "autoscale")

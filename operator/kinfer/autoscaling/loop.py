@@ -1,0 +1,106 @@
+"""One autoscaler tick for one InferenceService, between reading the window and writing status.
+
+Pure: the kopf timer in handlers.py reads the window (prometheus.read_window), keeps the
+ScalingState in memory between ticks, patches the status this returns, and re-applies the
+Deployments when the count changed (render reads status.desiredReplicas).
+
+Status is written only when something a person would see changed (the count, a condition, the
+rounded metrics), so an idle service costs no writes. The state is not persisted: a new leader
+starts from status.desiredReplicas, and decide() then waits a full scale-down window before
+removing anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from kinfer import status as status_mod
+from kinfer.api import v1alpha1 as api
+from kinfer.autoscaling.decision import Decision, ScalingState, decide
+from kinfer.autoscaling.window import MetricsWindow
+from kinfer.render.render import total_replicas
+
+
+@dataclass
+class ScaleTick:
+    decision: Decision
+    status_patch: dict[str, Any] = field(default_factory=dict)
+    # (type, reason, message) for Events on the InferenceService.
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def initial_state(spec: api.Scaling, status: dict[str, Any]) -> ScalingState:
+    """The state a fresh operator (or a new leader) starts from: the count that runs now."""
+    return ScalingState(replicas=total_replicas(spec, status))
+
+
+def observed_metrics(window: MetricsWindow, previous: dict[str, Any]) -> dict[str, Any]:
+    """status.metrics, rounded so that noise below what a person reads does not write status."""
+    values = {
+        "queueDepth": round(window.queue_depth_per_replica, 2),
+        "p95LatencyMs": None if window.p95_latency_ms is None else round(window.p95_latency_ms, 1),
+        "requestsPerSecond": round(window.request_rate, 2),
+    }
+    if all(previous.get(k) == v for k, v in values.items()):
+        return previous
+    sampled = datetime.fromtimestamp(window.sampled_at, UTC)
+    return {
+        **{k: v for k, v in values.items() if v is not None},
+        "sampledAt": status_mod.rfc3339(sampled),
+    }
+
+
+def tick(
+    isvc: dict[str, Any], window: MetricsWindow, state: ScalingState, now: datetime
+) -> ScaleTick:
+    spec = api.validate_spec(isvc["spec"]).scaling
+    previous: dict[str, Any] = isvc.get("status") or {}
+    generation = int(isvc["metadata"].get("generation") or 0)
+    decision = decide(spec, window, state, now.timestamp())
+    out = ScaleTick(decision)
+    patch = out.status_patch
+
+    if decision.metrics_available:
+        available = status_mod.Condition(
+            "MetricsAvailable", "True", "Sampled", "queue depth and latency read from Prometheus"
+        )
+        metrics = observed_metrics(window, previous.get("metrics") or {})
+        if metrics != previous.get("metrics"):
+            patch["metrics"] = metrics
+    else:
+        reason = window.reason or "metrics missing or stale"
+        available = status_mod.Condition(
+            "MetricsAvailable", "False", "MetricsUnavailable", f"holding replicas: {reason}"
+        )
+    active = status_mod.Condition(
+        "ScalingActive",
+        "True",
+        "Panic" if decision.panic else "Scaling",
+        decision.reason,
+    )
+    conditions = status_mod.merge(
+        previous.get("conditions") or [], [available, active], generation, now
+    )
+    # The reason text of ScalingActive changes every tick; write it only with something else.
+    was = {c["type"]: c.get("status") for c in previous.get("conditions") or []}
+    if was.get("MetricsAvailable") != available.status or was.get("ScalingActive") != "True":
+        patch["conditions"] = conditions
+    if decision.changed:
+        patch["conditions"] = conditions
+        patch["desiredReplicas"] = decision.replicas
+        patch["lastScaleTime"] = status_mod.rfc3339(now)
+        patch["lastScaleReason"] = decision.reason
+        out.events.append(
+            (
+                "Normal",
+                "Scaled",
+                f"{decision.previous} → {decision.replicas} replicas: {decision.reason}",
+            )
+        )
+    if was.get("MetricsAvailable") == "True" and available.status == "False":
+        out.events.append(("Warning", "MetricsUnavailable", available.message))
+    elif was.get("MetricsAvailable") == "False" and available.status == "True":
+        out.events.append(("Normal", "MetricsAvailable", "Prometheus answers again"))
+    return out
