@@ -15,19 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from operator_bed import (
+from kinfer.local import (
     OPERATOR_NAMESPACE,
-    ROOT,
-    SERVICE_ACCOUNT,
     OperatorProcess,
-    example,
+    install,
     make_model,
-    resource_versions,
-    sa_kubeconfig,
-    token_for,
+    operator_kubeconfig,
 )
+from kinfer.manifests import SERVICE_ACCOUNT
+from operator_bed import ROOT, example, resource_versions
 
 pytestmark = pytest.mark.e2e
 
@@ -72,23 +69,8 @@ def _first_line_field(path: Path) -> str:
 @pytest.fixture(scope="module")
 def setup(testbed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     logs = tmp_path_factory.mktemp("operator")
-    testbed.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-    testbed.kubectl("apply", "--server-side", "-f", str(ROOT / "config" / "peering"))
-    namespace = yaml.safe_dump(
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}}
-    )
-    testbed.kubectl("apply", "-f", "-", input=namespace)
-    testbed.kubectl("apply", "--server-side", "-f", str(ROOT / "config" / "rbac"))
-    testbed.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        "crd/inferenceservices.kinfer.dev",
-        "crd/clusterkopfpeerings.kopf.dev",
-    )
-    kubeconfig = sa_kubeconfig(
-        testbed.kubeconfig, token_for(testbed.kubectl), logs / "operator.kubeconfig"
-    )
+    install(testbed.kubeconfig)
+    kubeconfig = operator_kubeconfig(testbed.kubeconfig, logs / "operator.kubeconfig")
     model = make_model(Path("/tmp/kinfer-e2e-models/mlp"))
     # Priority 100: the standby started by the HA test has a lower one.
     operator = OperatorProcess(kubeconfig, logs / "operator-a.log", ["--priority", "100"]).start()

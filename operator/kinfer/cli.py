@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from importlib.metadata import version as package_version
+from pathlib import Path
 from typing import Any, TextIO
 
 import click
@@ -229,6 +230,48 @@ def operator(
         priority=priority if priority is not None else secrets.randbelow(1_000_000) + 1,
         liveness_endpoint=liveness,
     )
+
+
+@main.command()
+@click.option("--down", "tear_down", is_flag=True, help="Remove the demo and stop its operator.")
+@click.option(
+    "--canary",
+    is_flag=True,
+    help="Also roll out a second model version as a canary (25 %, 50 %, 100 %).",
+)
+@click.option(
+    "--state",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Test bed state directory (default $KINFER_TESTBED_STATE or /tmp/kinfer-testbed).",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=240,
+    show_default=True,
+    help="Seconds to wait for the InferenceService to become Ready.",
+)
+def demo(tear_down: bool, canary: bool, state: Path | None, timeout: float) -> None:
+    """Run kinfer end to end on this machine: test bed, operator, a GPU InferenceService."""
+    from kinfer import demo as demo_mod
+    from kinfer.testbed import bed
+
+    where = state or bed.default_state_dir()
+    if tear_down:
+        demo_mod.down(where, click.echo)
+        return
+    if not demo_mod.up(where, canary, click.echo, timeout=timeout):
+        sys.exit(1)
+
+
+def _register_dev() -> None:
+    from kinfer.testbed.cli import dev
+
+    main.add_command(dev)
+
+
+_register_dev()
 
 
 if __name__ == "__main__":

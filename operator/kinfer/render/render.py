@@ -83,11 +83,8 @@ def total_replicas(scaling: api.Scaling, status: dict[str, Any]) -> int:
     """The replica count this render writes (mode metrics and fixed)."""
     if scaling.mode == "fixed":
         return scaling.min_replicas
-    if "desiredReplicas" in status:
-        wanted = int(status["desiredReplicas"])
-    else:
-        # A new service starts warm, so the first request does not wait for a cold start.
-        wanted = max(scaling.min_replicas, 1)
+    # A new service starts warm (at least one replica): the first request waits for no cold start.
+    wanted = int(status["desiredReplicas"]) if "desiredReplicas" in status else max(scaling.min_replicas, 1)
     return min(max(wanted, scaling.min_replicas), scaling.max_replicas)
 
 

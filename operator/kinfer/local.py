@@ -1,0 +1,182 @@
+"""Running kinfer on a local cluster (the test bed) the way a cluster runs it.
+
+CRDs and least-privilege RBAC are installed with kubectl, and the operator process authenticates
+with a token of its ServiceAccount, so it has exactly the permissions config/rbac grants (never
+the admin kubeconfig). Used by `kinfer demo` and the e2e tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kinfer.api.crd import crd_yaml
+from kinfer.manifests import SERVICE_ACCOUNT, peering, peering_crds, rbac
+from kinfer.render import to_yaml
+
+OPERATOR_NAMESPACE = "kinfer-system"
+
+
+def kubectl_binary() -> str:
+    from kinfer.testbed import install
+
+    built = install.paths().k8s / "kubectl"
+    return str(built) if built.is_file() else shutil.which("kubectl") or "kubectl"
+
+
+def kubectl(
+    kubeconfig: Path, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    proc = subprocess.run(
+        [kubectl_binary(), *args], input=input, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
+def install(kubeconfig: Path) -> None:
+    """CRDs, the peering object, the operator's namespace, ServiceAccount and RBAC."""
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}}
+    manifests = crd_yaml() + to_yaml([*peering_crds(), namespace])
+    kubectl(kubeconfig, "apply", "--server-side", "-f", "-", input=manifests)
+    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/inferenceservices.kinfer.dev", "crd/clusterkopfpeerings.kopf.dev")  # fmt: skip
+    objects = [peering(), *rbac(OPERATOR_NAMESPACE)]
+    kubectl(kubeconfig, "apply", "--server-side", "-f", "-", input=to_yaml(objects))
+
+
+def operator_kubeconfig(admin_kubeconfig: Path, out: Path, hours: int = 12) -> Path:
+    """A kubeconfig with the admin's server and CA and a token of the operator's ServiceAccount."""
+    token = kubectl(
+        admin_kubeconfig, "create", "token", SERVICE_ACCOUNT, "-n", OPERATOR_NAMESPACE,
+        "--duration", f"{hours}h",
+    ).stdout.strip()  # fmt: skip
+    admin = yaml.safe_load(admin_kubeconfig.read_text())
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": admin["clusters"][0]["cluster"]}],
+        "users": [{"name": SERVICE_ACCOUNT, "user": {"token": token}}],
+        "contexts": [
+            {"name": "operator", "context": {"cluster": "local", "user": SERVICE_ACCOUNT}}
+        ],
+        "current-context": "operator",
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(config))
+    out.chmod(0o600)
+    return out
+
+
+_MODEL_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, torch
+    from pathlib import Path
+    out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(int(sys.argv[2]))
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    torch.jit.script(net.eval()).save(str(out / "model.pt"))
+    (out / "signature.json").write_text(json.dumps({
+        "format": "torchscript", "max_batch_size": 32,
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 8]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
+    }))
+    """
+)
+
+
+def make_model(directory: Path, seed: int = 0) -> Path:
+    """A small TorchScript MLP (8 → 16 → 4) with its signature.json, as kinfer-runtime loads it.
+    Different seeds give different weights (a canary that answers differently)."""
+    if not (directory / "signature.json").is_file():
+        subprocess.run(
+            [sys.executable, "-c", _MODEL_SCRIPT, str(directory), str(seed)],
+            check=True,
+            timeout=600,
+        )
+    return directory
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class OperatorProcess:
+    """One `kinfer operator` process, with its own log file and metrics port."""
+
+    kubeconfig: Path
+    log: Path
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    metrics_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        env = {
+            **os.environ,
+            **self.env,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        argv = [
+            sys.executable,
+            "-m",
+            "kinfer",
+            "operator",
+            "--metrics-port",
+            str(self.metrics_port),
+        ]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [*argv, *self.args], env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self, lines: int = 60) -> str:
+        if not self.log.exists():
+            return "(no operator log yet)"
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def metrics(self) -> str:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            text: str = resp.read().decode()
+            return text
+
+
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    conds = (obj.get("status") or {}).get("conditions") or []
+    return next((c for c in conds if c.get("type") == kind), {})

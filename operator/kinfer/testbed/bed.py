@@ -1,0 +1,404 @@
+"""Bring the test bed up and down: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler, kwok, Prometheus and the pod launcher, each a process group recorded in
+`<state>/bed.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kinfer.testbed import certs, install, network, nodes, prometheus, versions
+from kinfer.testbed.kube import Kube, KubeError
+from kinfer.testbed.procs import Proc, log_tail, spawn, stop
+
+# Stopped in this order by `down` (reverse of start).
+ORDER = (
+    "launcher",
+    "prometheus",
+    "kwok",
+    "kube-scheduler",
+    "kube-controller-manager",
+    "kube-apiserver",
+    "etcd",
+)
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("KINFER_TESTBED_STATE", "/tmp/kinfer-testbed"))
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+@dataclass
+class Bed:
+    state: Path
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state / "admin.kubeconfig"
+
+    @property
+    def record(self) -> Path:
+        return self.state / "bed.json"
+
+    def load(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self.record.read_text())
+        except (OSError, ValueError):
+            return {"procs": [], "ports": {}}
+        return data
+
+    def save(self, data: dict[str, Any]) -> None:
+        tmp = self.record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.rename(self.record)
+
+    def procs(self) -> list[Proc]:
+        return [Proc.from_dict(d) for d in self.load()["procs"]]
+
+    def running(self) -> bool:
+        ps = self.procs()
+        return bool(ps) and {p.name for p in ps} == set(ORDER) and all(p.alive() for p in ps)
+
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.load()['ports']['prometheus']}"
+
+    def env_lines(self) -> str:
+        return (
+            f"export KUBECONFIG={self.kubeconfig}\n"
+            f"export KINFER_PROMETHEUS_URL={self.prometheus_url()}\n"
+            f"export KINFER_TESTBED_STATE={self.state}\n"
+            f"export PATH={install.paths().k8s}:{install.paths().helm.parent}:$PATH\n"
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _get(url: str, ctx: ssl.SSLContext | None = None) -> bool:
+    try:
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx)
+        )
+        with opener.open(url, timeout=2) as r:
+            return bool(r.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _wait(
+    what: str, check: Callable[[], bool], proc: Proc | None, log: Path | None, t: float
+) -> None:
+    deadline = time.monotonic() + t
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and not proc.alive():
+            raise StartupError(
+                f"{what} exited during startup; last lines of {log}:\n"
+                + (log_tail(log) if log else "")
+            )
+        time.sleep(0.2)
+    tail = f"; last lines of {log}:\n{log_tail(log)}" if log else ""
+    raise StartupError(f"{what} not ready after {t:.0f} s{tail}")
+
+
+def _insecure() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _admin_ctx(pki: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    return ctx
+
+
+def _argv(name: str, state: Path, ports: dict[str, int]) -> list[str]:
+    p = install.paths()
+    pki = state / "pki"
+    kc = str(state / "admin.kubeconfig")
+    secure = [
+        "--bind-address=127.0.0.1",
+        "--leader-elect=false",
+        f"--kubeconfig={kc}",
+        f"--authentication-kubeconfig={kc}",
+        f"--authorization-kubeconfig={kc}",
+        "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
+    ]
+    if name == "etcd":
+        peer = f"http://127.0.0.1:{ports['etcd-peer']}"
+        client = f"http://127.0.0.1:{ports['etcd']}"
+        return [
+            str(p.etcd),
+            "--name=kinfer",
+            f"--data-dir={state / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=kinfer={peer}",
+            "--auto-compaction-retention=1",
+            "--quota-backend-bytes=2147483648",
+            "--unsafe-no-fsync=true",
+            "--log-level=warn",
+        ]
+    if name == "kube-apiserver":
+        return [
+            str(p.k8s / "kube-apiserver"),
+            f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={ports['kube-apiserver']}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--service-cluster-ip-range=10.96.0.0/16",
+            "--authorization-mode=Node,RBAC",
+            "--allow-privileged=true",
+            f"--requestheader-client-ca-file={pki / 'ca.crt'}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki / 'front-proxy.crt'}",
+            f"--proxy-client-key-file={pki / 'front-proxy.key'}",
+            "--enable-aggregator-routing=true",
+            "--profiling=false",
+            # The kubelets are fake: never dial a node address for logs/exec.
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
+    if name == "kube-controller-manager":
+        return [
+            str(p.k8s / "kube-controller-manager"),
+            *secure,
+            f"--secure-port={ports['kube-controller-manager']}",
+            "--controllers=*",
+            "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+            f"--cluster-signing-key-file={pki / 'ca.key'}",
+            "--horizontal-pod-autoscaler-sync-period=5s",
+            "--concurrent-deployment-syncs=5",
+        ]
+    if name == "kube-scheduler":
+        return [str(p.k8s / "kube-scheduler"), *secure, f"--secure-port={ports['kube-scheduler']}"]
+    if name == "kwok":
+        return [
+            str(p.kwok),
+            f"--kubeconfig={kc}",
+            f"--config={state / 'kwok.yaml'}",
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector={nodes.MANAGED_ANNOTATION}=fake",
+            "--cidr=10.88.0.0/24",
+            "--node-ip=127.0.0.1",
+            "--node-lease-duration-seconds=0",
+            f"--server-address=127.0.0.1:{ports['kwok']}",
+        ]
+    if name == "prometheus":
+        return [
+            str(p.prometheus),
+            f"--config.file={state / 'prometheus.yml'}",
+            f"--storage.tsdb.path={state / 'prometheus'}",
+            f"--web.listen-address=127.0.0.1:{ports['prometheus']}",
+            "--storage.tsdb.retention.time=1d",
+            "--log.level=warn",
+        ]
+    if name == "launcher":
+        return [
+            sys.executable,
+            "-m",
+            "kinfer.testbed.launcher",
+            f"--kubeconfig={kc}",
+            f"--state={state}",
+        ]
+    raise ValueError(name)
+
+
+def _kwok_module_dir() -> Path:
+    return install.cache_dir() / "gomod" / f"sigs.k8s.io/kwok@{versions.KWOK}"
+
+
+def up(state: Path, echo: Callable[[str], None] = print) -> Bed:
+    """Start the test bed in `state` (reused when already running). Raises StartupError with the
+    failing component's log tail."""
+    bed = Bed(state)
+    if bed.running():
+        echo(f"test bed already running in {state}")
+        return bed
+    if bed.procs():
+        down(state, echo=lambda _: None)  # half-dead leftovers
+    missing = install.missing()
+    if missing:
+        raise StartupError("missing binaries (run `kinfer dev install`): " + ", ".join(missing))
+    t0 = time.monotonic()
+    for sub in ("etcd", "prometheus", "pods", "procs", "logs"):  # a fresh cluster each time
+        _rmtree(state / sub)
+    for sub in ("logs", "etcd", "prometheus", "kwok-home"):
+        (state / sub).mkdir(parents=True, exist_ok=True)
+    certs.make_pki(state / "pki")
+    names = (
+        "etcd",
+        "etcd-peer",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kwok",
+        "prometheus",
+    )
+    ports = {n: free_port() for n in names}
+    certs.write_kubeconfig(
+        bed.kubeconfig, state / "pki", f"https://127.0.0.1:{ports['kube-apiserver']}"
+    )
+    (state / "kwok.yaml").write_text(nodes.kwok_config(_kwok_module_dir()))
+    (state / "prometheus.yml").write_text(prometheus.config(bed.kubeconfig))
+    network.bridge_up()
+    data: dict[str, Any] = {"procs": [], "ports": ports}
+
+    def start(name: str, env: dict[str, str] | None = None) -> Proc:
+        log = state / "logs" / f"{name}.log"
+        proc = spawn(name, _argv(name, state, ports), log, env=env, cwd=state)
+        data["procs"].append(proc.as_dict())
+        bed.save(data)  # record at once: a failed `up` can still be taken down
+        return proc
+
+    def log(name: str) -> Path:
+        return state / "logs" / f"{name}.log"
+
+    try:
+        etcd = start("etcd")
+        _wait(
+            "etcd", lambda: _get(f"http://127.0.0.1:{ports['etcd']}/health"), etcd, log("etcd"), 30
+        )
+        api = start("kube-apiserver")
+        ctx = _admin_ctx(state / "pki")
+        api_url = f"https://127.0.0.1:{ports['kube-apiserver']}"
+        _wait(
+            "kube-apiserver", lambda: _get(f"{api_url}/readyz", ctx), api, log("kube-apiserver"), 90
+        )
+        started = {n: start(n) for n in ("kube-controller-manager", "kube-scheduler")}
+        # kwok reads ~/.kwok/kwok.yaml too: give it a HOME of its own.
+        started["kwok"] = start("kwok", env={**os.environ, "HOME": str(state / "kwok-home")})
+        started["prometheus"] = start("prometheus")
+        started["launcher"] = start("launcher")
+        _create_nodes(bed)
+        checks: dict[str, Callable[[], bool]] = {
+            "kube-controller-manager": lambda: _get(
+                f"https://127.0.0.1:{ports['kube-controller-manager']}/healthz", _insecure()
+            ),
+            "kube-scheduler": lambda: _get(
+                f"https://127.0.0.1:{ports['kube-scheduler']}/readyz", _insecure()
+            ),
+            "kwok": lambda: _get(f"http://127.0.0.1:{ports['kwok']}/healthz"),
+            "prometheus": lambda: _get(f"http://127.0.0.1:{ports['prometheus']}/-/ready"),
+            "launcher": lambda: (state / "launcher.ready").exists(),
+        }
+        for name, check in checks.items():
+            _wait(name, check, started[name], log(name), 60)
+        _wait("nodes Ready", lambda: _nodes_ready(bed), started["kwok"], log("kwok"), 60)
+        _wait("default service account", lambda: _default_sa(bed), None, None, 60)
+    except BaseException:
+        down(state, echo=lambda _: None, keep_logs=True)
+        raise
+    (state / "env").write_text(bed.env_lines())
+    echo(f"test bed up in {time.monotonic() - t0:.1f} s (state {state})")
+    return bed
+
+
+def _create_nodes(bed: Bed) -> None:
+    kube = Kube(bed.kubeconfig)
+    for node in nodes.fake_nodes():
+        try:
+            kube.create("/api/v1/nodes", node)
+        except KubeError as e:
+            if e.status != 409:  # already there
+                raise
+
+
+def _nodes_ready(bed: Bed) -> bool:
+    want = {n["metadata"]["name"] for n in nodes.fake_nodes()}
+    ready = {
+        n["metadata"]["name"]
+        for n in Kube(bed.kubeconfig).get("/api/v1/nodes")["items"]
+        if any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in n.get("status", {}).get("conditions", [])
+        )
+    }
+    return want <= ready
+
+
+def _default_sa(bed: Bed) -> bool:
+    try:
+        Kube(bed.kubeconfig).get("/api/v1/namespaces/default/serviceaccounts/default")
+        return True
+    except KubeError:
+        return False
+
+
+def down(state: Path, echo: Callable[[str], None] = print, keep_logs: bool = False) -> None:
+    """Stop every process this test bed started (by recorded PID), its pods' processes and
+    network namespaces, and remove the state (logs are kept when `keep_logs`)."""
+    bed = Bed(state)
+    procs = bed.procs()
+    by_name = {p.name: p for p in procs}
+    # The launcher stops its pods itself on SIGTERM; give it time for their grace periods.
+    if "launcher" in by_name:
+        stop([by_name["launcher"]], grace=15)
+    stop(_pod_procs(state), grace=2)  # whatever a killed launcher left behind
+    network.cleanup_all(state / "netns")
+    for name in ORDER[1:]:
+        if name in by_name:
+            stop([by_name[name]], grace=10)
+    network.bridge_down()
+    if not keep_logs:
+        for sub in ("etcd", "prometheus", "pods", "procs"):
+            _rmtree(state / sub)
+    bed.record.unlink(missing_ok=True)
+    (state / "env").unlink(missing_ok=True)
+    (state / "launcher.ready").unlink(missing_ok=True)
+    echo(f"test bed in {state} stopped ({len(procs)} processes)")
+
+
+def _pod_procs(state: Path) -> list[Proc]:
+    d = state / "procs"
+    out = []
+    for f in d.glob("*.json") if d.is_dir() else []:
+        try:
+            out.append(Proc.from_dict(json.loads(f.read_text())))
+        except (OSError, ValueError, KeyError):
+            continue
+    return out
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def status(state: Path) -> list[tuple[str, int, bool]]:
+    return [(p.name, p.pid, p.alive()) for p in Bed(state).procs()]
