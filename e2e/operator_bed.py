@@ -1,13 +1,24 @@
-"""e2e helpers on top of kinfer.local (shared with `kinfer demo`)."""
+"""e2e helpers for tests that run the operator, on top of kinfer.local (shared with `kinfer demo`).
+
+`setup` is a session fixture: one operator process for the whole run (the HA and restart tests
+replace it), authenticated with its ServiceAccount's token. Test modules import it by name.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
+from kinfer.local import OperatorProcess, install, make_model, operator_kubeconfig
+
 ROOT = Path(__file__).resolve().parents[1]
+MODELS = Path("/tmp/kinfer-e2e-models")
 
 
 def example(name: str, model_dir: Path) -> dict[str, Any]:
@@ -22,6 +33,68 @@ def example(name: str, model_dir: Path) -> dict[str, Any]:
 
 
 def resource_versions(objects: list[dict[str, Any]]) -> dict[str, str]:
-    return {
-        f"{o['kind']}/{o['metadata']['name']}": o["metadata"]["resourceVersion"] for o in objects
-    }
+    return {f"{o['kind']}/{o['metadata']['name']}": o["metadata"]["resourceVersion"] for o in objects}
+
+
+@dataclass
+class Setup:
+    testbed: Any
+    kubeconfig: Path
+    model: Path
+    operator: OperatorProcess
+    logs: Path
+
+    def kubectl(self, *args: str, **kw: Any) -> Any:
+        return self.testbed.kubectl(*args, **kw)
+
+    def get(self, namespace: str, what: str) -> dict[str, Any]:
+        out = self.kubectl("get", "-n", namespace, *what.split(), "-o", "json", check=False)
+        if out.returncode != 0:
+            return {}
+        doc: dict[str, Any] = json.loads(out.stdout)
+        return doc
+
+    def condition(self, namespace: str, name: str, kind: str) -> dict[str, Any]:
+        isvc = self.get(namespace, f"inferenceservice/{name}")
+        conds = (isvc.get("status") or {}).get("conditions") or []
+        return next((c for c in conds if c["type"] == kind), {})
+
+    def why(self, namespace: str, *objects: str) -> str:
+        return self.testbed.diagnostics(namespace, *objects) + f"\n--- operator log:\n{self.operator.tail()}"
+
+    def restart_operator(self, log_name: str, *args: str) -> OperatorProcess:
+        self.operator.stop()
+        self.operator = self.start_operator(log_name, *args)
+        return self.operator
+
+    def start_operator(self, log_name: str, *args: str) -> OperatorProcess:
+        env = {"KINFER_PROMETHEUS_URL": self.testbed.prometheus_url, "KINFER_AUTOSCALE_INTERVAL_SECONDS": "3"}
+        return OperatorProcess(self.kubeconfig, self.logs / log_name, list(args), env=env).start()
+
+    def apply(self, namespace: str, doc: dict[str, Any]) -> str:
+        self.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(doc))
+        return str(doc["metadata"]["name"])
+
+    def wait_ready(self, wait_for: Any, namespace: str, name: str, timeout: float = 60) -> None:
+        wait_for(
+            lambda: self.condition(namespace, name, "Ready").get("status") == "True",
+            timeout,
+            describe=lambda: (
+                f"kisvc/{name} Ready\n"
+                + self.why(namespace, f"inferenceservice/{name}", f"deployment/{name}")
+            ),
+            interval=0.5,
+        )
+
+
+@pytest.fixture(scope="session")
+def setup(testbed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    logs = tmp_path_factory.mktemp("operator")
+    install(testbed.kubeconfig)
+    kubeconfig = operator_kubeconfig(testbed.kubeconfig, logs / "operator.kubeconfig")
+    model = make_model(MODELS / "mlp")
+    bed = Setup(testbed, kubeconfig, model, None, logs)  # type: ignore[arg-type]
+    # Priority 100: the standby started by the HA test has a lower one.
+    bed.operator = bed.start_operator("operator-a.log", "--priority", "100")
+    yield bed
+    bed.operator.stop()

@@ -9,22 +9,14 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kinfer.local import (
-    OPERATOR_NAMESPACE,
-    OperatorProcess,
-    install,
-    make_model,
-    operator_kubeconfig,
-)
+from kinfer.local import OPERATOR_NAMESPACE
 from kinfer.manifests import SERVICE_ACCOUNT
-from operator_bed import ROOT, example, resource_versions
+from operator_bed import ROOT, Setup, example, resource_versions
 
 pytestmark = pytest.mark.e2e
 
@@ -32,67 +24,8 @@ INVALID = sorted((ROOT / "tests" / "data" / "invalid").glob("*.yaml"))
 OWNED = "deployments,services,poddisruptionbudgets,networkpolicies"
 
 
-@dataclass
-class Setup:
-    testbed: Any
-    kubeconfig: Path
-    model: Path
-    operator: OperatorProcess
-    logs: Path
-
-    def kubectl(self, *args: str, **kw: Any) -> Any:
-        return self.testbed.kubectl(*args, **kw)
-
-    def get(self, namespace: str, what: str) -> dict[str, Any]:
-        out = self.kubectl("get", "-n", namespace, what, "-o", "json", check=False)
-        if out.returncode != 0:
-            return {}
-        doc: dict[str, Any] = json.loads(out.stdout)
-        return doc
-
-    def condition(self, namespace: str, name: str, kind: str) -> dict[str, Any]:
-        isvc = self.get(namespace, f"inferenceservice/{name}")
-        conds = (isvc.get("status") or {}).get("conditions") or []
-        return next((c for c in conds if c["type"] == kind), {})
-
-    def why(self, namespace: str, *objects: str) -> str:
-        return (
-            self.testbed.diagnostics(namespace, *objects)
-            + f"\n--- operator log:\n{self.operator.tail()}"
-        )
-
-
 def _first_line_field(path: Path) -> str:
     return path.read_text().splitlines()[0].removeprefix("# expect: ").strip()
-
-
-@pytest.fixture(scope="module")
-def setup(testbed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    logs = tmp_path_factory.mktemp("operator")
-    install(testbed.kubeconfig)
-    kubeconfig = operator_kubeconfig(testbed.kubeconfig, logs / "operator.kubeconfig")
-    model = make_model(Path("/tmp/kinfer-e2e-models/mlp"))
-    # Priority 100: the standby started by the HA test has a lower one.
-    operator = OperatorProcess(kubeconfig, logs / "operator-a.log", ["--priority", "100"]).start()
-    yield Setup(testbed, kubeconfig, model, operator, logs)
-    operator.stop()
-
-
-def apply_isvc(setup: Setup, namespace: str, doc: dict[str, Any]) -> str:
-    setup.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(doc))
-    return str(doc["metadata"]["name"])
-
-
-def wait_ready(setup: Setup, wait_for: Any, namespace: str, name: str, timeout: float = 60) -> None:
-    wait_for(
-        lambda: setup.condition(namespace, name, "Ready").get("status") == "True",
-        timeout,
-        describe=lambda: (
-            f"kisvc/{name} Ready\n"
-            + setup.why(namespace, f"inferenceservice/{name}", f"deployment/{name}")
-        ),
-        interval=0.5,
-    )
 
 
 @pytest.mark.parametrize("name", ["minimal", "gpu-hpa", "gpu-canary", "ab-header"])
@@ -100,8 +33,8 @@ def test_example_becomes_ready_with_owned_objects(
     setup: Setup, namespace: str, wait_for: Any, name: str
 ) -> None:
     doc = example(name, setup.model)
-    isvc = apply_isvc(setup, namespace, doc)
-    wait_ready(setup, wait_for, namespace, isvc)
+    isvc = setup.apply(namespace, doc)
+    setup.wait_ready(wait_for, namespace, isvc)
     # kubectl wait works on the same condition.
     setup.kubectl("wait", "-n", namespace, "--for=condition=Ready", f"kisvc/{isvc}", "--timeout=5s")
     uid = setup.get(namespace, f"inferenceservice/{isvc}")["metadata"]["uid"]
@@ -123,9 +56,7 @@ def test_example_becomes_ready_with_owned_objects(
 
 
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
-def test_invalid_spec_is_refused_by_the_api_server(
-    setup: Setup, namespace: str, path: Path
-) -> None:
+def test_invalid_spec_is_refused_by_the_api_server(setup: Setup, namespace: str, path: Path) -> None:
     result = setup.kubectl("apply", "-n", namespace, "-f", str(path), check=False)
     assert result.returncode != 0, f"{path.name} was accepted"
     assert _first_line_field(path) in result.stderr, result.stderr
@@ -134,12 +65,10 @@ def test_invalid_spec_is_refused_by_the_api_server(
 def test_spec_change_rolls_out_and_observed_generation_follows(
     setup: Setup, namespace: str, wait_for: Any
 ) -> None:
-    isvc = apply_isvc(setup, namespace, example("minimal", setup.model))
-    wait_ready(setup, wait_for, namespace, isvc)
+    isvc = setup.apply(namespace, example("minimal", setup.model))
+    setup.wait_ready(wait_for, namespace, isvc)
     patch = {"spec": {"runtime": {"batching": {"maxBatchSize": 8}}, "scaling": {"maxReplicas": 3}}}
-    setup.kubectl(
-        "patch", "-n", namespace, f"kisvc/{isvc}", "--type=merge", "-p", json.dumps(patch)
-    )
+    setup.kubectl("patch", "-n", namespace, f"kisvc/{isvc}", "--type=merge", "-p", json.dumps(patch))
 
     def rolled_out() -> bool:
         deployment = setup.get(namespace, f"deployment/{isvc}")
@@ -148,17 +77,13 @@ def test_spec_change_rolls_out_and_observed_generation_follows(
         observed = obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
         return "--max-batch-size=8" in args and observed
 
-    wait_for(
-        rolled_out, 30, describe=lambda: "new args and observedGeneration\n" + setup.why(namespace)
-    )
-    wait_ready(setup, wait_for, namespace, isvc)
+    wait_for(rolled_out, 30, describe=lambda: "new args and observedGeneration\n" + setup.why(namespace))
+    setup.wait_ready(wait_for, namespace, isvc)
 
 
-def test_drift_is_repaired_and_foreign_labels_survive(
-    setup: Setup, namespace: str, wait_for: Any
-) -> None:
-    isvc = apply_isvc(setup, namespace, example("minimal", setup.model))
-    wait_ready(setup, wait_for, namespace, isvc)
+def test_drift_is_repaired_and_foreign_labels_survive(setup: Setup, namespace: str, wait_for: Any) -> None:
+    isvc = setup.apply(namespace, example("minimal", setup.model))
+    setup.wait_ready(wait_for, namespace, isvc)
     setup.kubectl("label", "-n", namespace, f"deployment/{isvc}", "team=search")
     setup.kubectl("delete", "-n", namespace, f"service/{isvc}")
     setup.kubectl(
@@ -175,9 +100,7 @@ def test_drift_is_repaired_and_foreign_labels_survive(
         service = setup.get(namespace, f"service/{isvc}")
         return bool(service) and labels["app.kubernetes.io/part-of"] == "kinfer"
 
-    wait_for(
-        repaired, 30, describe=lambda: "Service back and label restored\n" + setup.why(namespace)
-    )
+    wait_for(repaired, 30, describe=lambda: "Service back and label restored\n" + setup.why(namespace))
     labels = setup.get(namespace, f"deployment/{isvc}")["metadata"]["labels"]
     assert labels["team"] == "search", "a label kinfer does not manage was removed"
     events = setup.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
@@ -185,13 +108,11 @@ def test_drift_is_repaired_and_foreign_labels_survive(
     assert {"Created", "Updated"} <= reasons, reasons
 
 
-def test_scaled_deployment_in_fixed_mode_is_put_back(
-    setup: Setup, namespace: str, wait_for: Any
-) -> None:
+def test_scaled_deployment_in_fixed_mode_is_put_back(setup: Setup, namespace: str, wait_for: Any) -> None:
     doc = example("minimal", setup.model)
     doc["spec"]["scaling"] = {"mode": "fixed", "minReplicas": 1, "maxReplicas": 2}
-    isvc = apply_isvc(setup, namespace, doc)
-    wait_ready(setup, wait_for, namespace, isvc)
+    isvc = setup.apply(namespace, doc)
+    setup.wait_ready(wait_for, namespace, isvc)
     setup.kubectl("scale", "-n", namespace, f"deployment/{isvc}", "--replicas=3")
     wait_for(
         lambda: setup.get(namespace, f"deployment/{isvc}")["spec"]["replicas"] == 1,
@@ -203,7 +124,7 @@ def test_scaled_deployment_in_fixed_mode_is_put_back(
 def test_deleting_the_service_object_garbage_collects_owned_objects(
     setup: Setup, namespace: str, wait_for: Any
 ) -> None:
-    isvc = apply_isvc(setup, namespace, example("minimal", setup.model))
+    isvc = setup.apply(namespace, example("minimal", setup.model))
     wait_for(lambda: setup.get(namespace, f"deployment/{isvc}"), 30, describe="deployment")
     setup.kubectl("delete", "-n", namespace, f"kisvc/{isvc}", "--wait=false")
     wait_for(
@@ -218,7 +139,7 @@ def test_too_many_gpus_per_pod_is_degraded_with_the_scheduler_reason(
 ) -> None:
     doc = example("minimal", setup.model)
     doc["spec"]["resources"] = {"gpu": 5}
-    isvc = apply_isvc(setup, namespace, doc)
+    isvc = setup.apply(namespace, doc)
 
     def degraded() -> dict[str, Any]:
         cond = setup.condition(namespace, isvc, "Degraded")
@@ -231,11 +152,9 @@ def test_too_many_gpus_per_pod_is_degraded_with_the_scheduler_reason(
     assert (ready["status"], ready["reason"]) == ("False", "Unschedulable")
 
 
-def test_restart_with_nothing_changed_writes_nothing(
-    setup: Setup, namespace: str, wait_for: Any
-) -> None:
-    isvc = apply_isvc(setup, namespace, example("minimal", setup.model))
-    wait_ready(setup, wait_for, namespace, isvc)
+def test_restart_with_nothing_changed_writes_nothing(setup: Setup, namespace: str, wait_for: Any) -> None:
+    isvc = setup.apply(namespace, example("minimal", setup.model))
+    setup.wait_ready(wait_for, namespace, isvc)
     # Let the pass triggered by the Ready status itself settle before taking the snapshot.
     wait_for(
         lambda: setup.condition(namespace, isvc, "Progressing").get("status") == "False",
@@ -249,10 +168,7 @@ def test_restart_with_nothing_changed_writes_nothing(
         return resource_versions(objects)
 
     before = snapshot()
-    setup.operator.stop()
-    setup.operator = OperatorProcess(
-        setup.kubeconfig, setup.logs / "operator-a2.log", ["--priority", "100"]
-    ).start()
+    setup.restart_operator("operator-a2.log", "--priority", "100")
 
     def passes_done() -> bool:
         try:
@@ -266,17 +182,12 @@ def test_restart_with_nothing_changed_writes_nothing(
         ]
         return bool(done) and float(done[0].split()[-1]) >= 1
 
-    wait_for(
-        passes_done, 60, describe=lambda: "the new operator's first pass\n" + setup.operator.tail()
-    )
+    wait_for(passes_done, 60, describe=lambda: "the new operator's first pass\n" + setup.operator.tail())
     assert snapshot() == before
 
 
-def test_standby_takes_over_when_the_leader_is_killed(
-    setup: Setup, namespace: str, wait_for: Any
-) -> None:
-    standby = OperatorProcess(setup.kubeconfig, setup.logs / "operator-b.log", ["--priority", "50"])
-    standby.start()
+def test_standby_takes_over_when_the_leader_is_killed(setup: Setup, namespace: str, wait_for: Any) -> None:
+    standby = setup.start_operator("operator-b.log", "--priority", "50")
     try:
         wait_for(
             lambda: "Pausing operations" in standby.tail(200) or "paus" in standby.tail(200),
@@ -285,7 +196,7 @@ def test_standby_takes_over_when_the_leader_is_killed(
         )
         assert setup.operator.proc is not None
         setup.operator.stop(signal.SIGKILL)
-        isvc = apply_isvc(setup, namespace, example("minimal", setup.model))
+        isvc = setup.apply(namespace, example("minimal", setup.model))
         wait_for(
             lambda: setup.get(namespace, f"deployment/{isvc}"),
             30,
@@ -295,9 +206,7 @@ def test_standby_takes_over_when_the_leader_is_killed(
     finally:
         standby.stop()
         # Leave a leader for the tests that follow.
-        setup.operator = OperatorProcess(
-            setup.kubeconfig, setup.logs / "operator-a3.log", ["--priority", "100"]
-        ).start()
+        setup.operator = setup.start_operator("operator-a3.log", "--priority", "100")
 
 
 @pytest.mark.parametrize(
