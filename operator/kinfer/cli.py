@@ -185,8 +185,7 @@ def manifests(namespace: str, watch: tuple[str, ...], only: str) -> None:
     "--priority",
     type=int,
     default=None,
-    help="Peering priority; the highest live one is active. Default: random, so two "
-    "replicas never tie.",
+    help="Peering priority; the highest live one is active. Default: random, so two replicas never tie.",
 )
 @click.option(
     "--standalone",
@@ -263,6 +262,56 @@ def demo(tear_down: bool, canary: bool, state: Path | None, timeout: float) -> N
         return
     if not demo_mod.up(where, canary, click.echo, timeout=timeout):
         sys.exit(1)
+
+
+@main.command("explain-scale")
+@click.argument("name", required=False)
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option(
+    "-f",
+    "--filename",
+    "recorded",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Replay a recorded window file (spec, window, state, now) instead of a live one.",
+)
+@click.option(
+    "--prometheus-url",
+    envvar="KINFER_PROMETHEUS_URL",
+    default="http://127.0.0.1:9090",
+    show_default=True,
+    help="Prometheus to read the live window from.",
+)
+def explain_scale(name: str | None, namespace: str, recorded: str | None, prometheus_url: str) -> None:
+    """Show the autoscaler's decision for an InferenceService and every term that led to it.
+
+    Live: reads the InferenceService (KUBECONFIG) and its window from Prometheus, and decides
+    from the replicas running now, as a freshly started operator would. Offline: -f FILE.
+    """
+    from kinfer.autoscaling.explain import explain, explain_recorded
+
+    if recorded:
+        click.echo(explain_recorded(recorded))
+        return
+    if not name:
+        raise click.UsageError("give an InferenceService NAME, or -f FILE")
+    import time
+
+    from kinfer.api.v1alpha1 import validate_spec
+    from kinfer.apply import Cluster, load_client_config
+    from kinfer.autoscaling.decision import decide
+    from kinfer.autoscaling.loop import initial_state
+    from kinfer.autoscaling.prometheus import PrometheusSource, read_window
+
+    isvc = Cluster(load_client_config()).get_isvc(namespace, name)
+    if isvc is None:
+        raise click.ClickException(f"inferenceservice {namespace}/{name} not found")
+    scaling = validate_spec(isvc["spec"]).scaling
+    if scaling.mode != "metrics":
+        click.echo(f"mode {scaling.mode}: the kinfer autoscaler does not scale this service")
+    now = time.time()
+    window = read_window(PrometheusSource(prometheus_url), namespace, name, now=now)
+    state = initial_state(scaling, isvc.get("status") or {})
+    click.echo(explain(decide(scaling, window, state, now), window))
 
 
 def _register_dev() -> None:

@@ -121,3 +121,16 @@ def test_namespaced_rbac_never_grants_secrets_or_cluster_wide_writes() -> None:
     assert role["metadata"]["namespace"] == "team-a"
     for rules in (cluster_role["rules"], role["rules"]):
         assert not any("secrets" in r["resources"] or "*" in r["verbs"] for r in rules)
+
+
+def test_explain_scale_replays_a_recorded_window() -> None:
+    result = kinfer("explain-scale", "-f", "examples/recorded/burst.yaml")
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("scale 2 -> 8: panic"), first
+    assert "by_queue_depth  8  (queue 30 / target 4)" in result.stdout
+
+
+def test_explain_scale_needs_a_name_or_a_file() -> None:
+    result = kinfer("explain-scale")
+    assert result.returncode == 2 and "NAME" in result.stderr

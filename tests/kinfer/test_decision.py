@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +27,7 @@ from kinfer.autoscaling.decision import (
     track_demand,
     usable,
 )
+from kinfer.autoscaling.explain import explain, explain_recorded
 from kinfer.autoscaling.window import MetricsWindow
 
 T0 = 1_700_000_000.0
@@ -327,3 +329,23 @@ def test_decision_explains_every_step() -> None:
     for step in ("current", "metrics", "by_queue_depth", "by_latency", "recommendation", "panic"):
         assert step in names
     assert names[-1] == "replicas"
+
+
+def test_explain_recorded_window(tmp_path: Path) -> None:
+    recorded = tmp_path / "window.yaml"
+    recorded.write_text(
+        "spec: {minReplicas: 1, maxReplicas: 8, targets: {queueDepthPerReplica: 4}}\n"
+        f"window: {{sampled_at: {T0}, queue_depth: 12, ready_replicas: 2, p95_latency_ms: 180}}\n"
+        f"state: {{replicas: 2, recommendations: [[{T0 - 10}, 2]]}}\n"
+        f"now: {T0 + 5}\n"
+    )
+    text = explain_recorded(recorded)
+    assert text.splitlines()[0] == "scale 2 -> 3: scale up: queue depth wants 3"
+    assert "by_queue_depth  3  (queue 12 / target 4)" in text
+    assert '"replicas": 3' in text.splitlines()[-1]
+
+
+def test_explain_says_metrics_are_missing() -> None:
+    d = decide(SPEC, MetricsWindow.unavailable(T0, "timeout"), ScalingState(replicas=3), T0)
+    assert "MetricsAvailable=False" in explain(d)
+    assert explain(d).startswith("keep 3 -> 3: holding 3: metrics unavailable: timeout")

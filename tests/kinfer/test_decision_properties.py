@@ -165,9 +165,7 @@ def test_panic_scales_up_at_once_and_holds(
 
 
 @given(specs(), windows(), states())
-def test_zero_only_when_enabled_and_idle(
-    spec: Scaling, window: MetricsWindow, state: ScalingState
-) -> None:
+def test_zero_only_when_enabled_and_idle(spec: Scaling, window: MetricsWindow, state: ScalingState) -> None:
     d = decide(spec, window, state, T0)
     if d.replicas == 0:
         assert spec.scale_to_zero.enabled

@@ -65,9 +65,7 @@ def test_queries_select_one_service_and_track() -> None:
 
 def test_window_from_answers() -> None:
     source = FakeSource(
-        answers(
-            queue_depth=12, ready_replicas=3, inflight=10, p95_latency_ms=180.5, request_rate=40
-        )
+        answers(queue_depth=12, ready_replicas=3, inflight=10, p95_latency_ms=180.5, request_rate=40)
     )
     w = read_window(source, "ml", "resnet", now=T0)
     assert w.available and w.sampled_at == T0

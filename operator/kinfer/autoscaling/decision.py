@@ -4,7 +4,7 @@
 
 1. ``usable``          missing, stale or no reporting pod → hold the current count (fail-static).
 2. ``by_queue_depth``  replicas so each holds ``targets.queueDepthPerReplica`` rows.
-3. ``by_latency``      replicas scaled by p95 / ``targets.p95LatencyMs`` (HPA-style ratio).
+3. ``by_latency``      the pods behind the p95 scaled by p95 / ``targets.p95LatencyMs``.
 4. ``track_demand``    when demand was last seen; ``is_idle`` after ``scaleToZero.idleSeconds``.
 5. ``bounds``          clamp to [minReplicas, maxReplicas] (0 when idle and scale-to-zero is on).
 6. ``panicking``       a sharp burst: demand ≥ ``PANIC_THRESHOLD`` x ready replicas.
@@ -117,9 +117,7 @@ class Decision:
 # --- the steps ---------------------------------------------------------------------------------
 
 
-def usable(
-    window: MetricsWindow, now: float, current: int, max_age: float = MAX_WINDOW_AGE_SECONDS
-) -> str:
+def usable(window: MetricsWindow, now: float, current: int, max_age: float = MAX_WINDOW_AGE_SECONDS) -> str:
     """Why the window cannot be acted on, or "" when it can.
 
     Pods that run but report nothing (scrape broken, or still starting) are missing data, not
@@ -187,9 +185,7 @@ def clamp(value: int, lo: int, hi: int) -> int:
     return max(lo, min(value, hi))
 
 
-def panicking(
-    desired: int, ready: int, now: float, panic_until: float | None
-) -> tuple[bool, float | None]:
+def panicking(desired: int, ready: int, now: float, panic_until: float | None) -> tuple[bool, float | None]:
     """(in panic now, panic_until). Triggered by desired ≥ threshold x ready; held for a while.
 
     With no ready pod there is no capacity to compare with; activation from zero is its own
@@ -335,9 +331,7 @@ def decide(spec: Scaling, window: MetricsWindow, state: ScalingState, now: float
         recs = (*recs[:-1], (now, final))
     state = replace(state, recommendations=recs, panic_until=panic_until, panic_floor=panic_floor)
 
-    return _finish(
-        final, _reason(final, current, raw, queue, latency, panic, activating), state, now, terms
-    )
+    return _finish(final, _reason(final, current, raw, queue, latency, panic, activating), state, now, terms)
 
 
 def _reason(

@@ -52,9 +52,7 @@ def observed_metrics(window: MetricsWindow, previous: dict[str, Any]) -> dict[st
     }
 
 
-def tick(
-    isvc: dict[str, Any], window: MetricsWindow, state: ScalingState, now: datetime
-) -> ScaleTick:
+def tick(isvc: dict[str, Any], window: MetricsWindow, state: ScalingState, now: datetime) -> ScaleTick:
     spec = api.validate_spec(isvc["spec"]).scaling
     previous: dict[str, Any] = isvc.get("status") or {}
     generation = int(isvc["metadata"].get("generation") or 0)
@@ -70,9 +68,9 @@ def tick(
         if metrics != previous.get("metrics"):
             patch["metrics"] = metrics
     else:
-        reason = window.reason or "metrics missing or stale"
+        # decision.reason says why the window was unusable (down, stale, no pod reporting).
         available = status_mod.Condition(
-            "MetricsAvailable", "False", "MetricsUnavailable", f"holding replicas: {reason}"
+            "MetricsAvailable", "False", "MetricsUnavailable", decision.reason
         )
     active = status_mod.Condition(
         "ScalingActive",
@@ -80,9 +78,7 @@ def tick(
         "Panic" if decision.panic else "Scaling",
         decision.reason,
     )
-    conditions = status_mod.merge(
-        previous.get("conditions") or [], [available, active], generation, now
-    )
+    conditions = status_mod.merge(previous.get("conditions") or [], [available, active], generation, now)
     # The reason text of ScalingActive changes every tick; write it only with something else.
     was = {c["type"]: c.get("status") for c in previous.get("conditions") or []}
     if was.get("MetricsAvailable") != available.status or was.get("ScalingActive") != "True":

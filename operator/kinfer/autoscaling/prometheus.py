@@ -60,9 +60,7 @@ def queries(namespace: str, name: str, track: str | None = None) -> Queries:
         ),
         inflight=f"sum(kinfer_inflight_requests{{{sel}}})",
         # Aggregate the buckets across pods first: the p95 of the service, not a mean of p95s.
-        p95_latency_ms=(
-            f"histogram_quantile(0.95, sum by (le) (rate({buckets}[{RATE_WINDOW}]))) * 1000"
-        ),
+        p95_latency_ms=(f"histogram_quantile(0.95, sum by (le) (rate({buckets}[{RATE_WINDOW}]))) * 1000"),
         request_rate=f"sum(rate(kinfer_requests_total{{{sel}}}[{RATE_WINDOW}]))",
     )
 

@@ -251,7 +251,7 @@ def up(state: Path, echo: Callable[[str], None] = print) -> Bed:
         return bed
     if bed.procs():
         down(state, echo=lambda _: None)  # half-dead leftovers
-    missing = install.missing()
+    missing = install.missing(helm=False)
     if missing:
         raise StartupError("missing binaries (run `kinfer dev install`): " + ", ".join(missing))
     t0 = time.monotonic()

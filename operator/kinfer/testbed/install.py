@@ -209,10 +209,11 @@ def paths() -> Paths:
     )
 
 
-def missing() -> list[str]:
+def missing(helm: bool = True) -> list[str]:
+    """Binaries not installed yet (helm is a tool for users, `up` does not need it)."""
     p = paths()
     need = [p.k8s / c for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler")]
-    need += [p.k8s / "kubectl", p.etcd, p.kwok, p.helm, p.prometheus]
+    need += [p.k8s / "kubectl", p.etcd, p.kwok, p.prometheus] + ([p.helm] if helm else [])
     return [str(x) for x in need if not x.is_file()]
 
 

@@ -136,7 +136,14 @@ def kwok_config(kwok_module_dir: Path) -> str:
             {
                 "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
                 "kind": "KwokConfiguration",
-                "options": {"cidr": "10.88.0.0/24"},
+                # A config file's options get no defaults for these: kwok exits on 0.
+                "options": {
+                    "cidr": "10.88.0.0/24",
+                    "podPlayStageParallelism": 4,
+                    "nodePlayStageParallelism": 4,
+                    "nodeLeaseParallelism": 4,
+                    "podsOnNodeSyncParallelism": 1,
+                },
             }
         )
     ]
