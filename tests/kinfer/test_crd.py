@@ -84,8 +84,11 @@ def test_every_rule_is_in_the_crd_with_its_message() -> None:
         assert rule.message.split(":")[0] in text
 
 
-def test_object_defaults_are_empty_so_the_api_server_fills_them() -> None:
+def test_object_defaults_are_complete_so_cel_rules_can_evaluate_them() -> None:
+    # The API server evaluates CEL rules against a default as written: every field must be there.
     spec = _schema()["properties"]["spec"]
-    for name in ("runtime", "resources", "scheduling", "scaling", "rollout"):
-        assert spec["properties"][name]["default"] == {}
-    assert spec["properties"]["scaling"]["properties"]["maxReplicas"]["default"] == 8
+    scaling = spec["properties"]["scaling"]["default"]
+    assert scaling["minReplicas"] == 1 and scaling["maxReplicas"] == 8
+    assert scaling["scaleToZero"] == {"enabled": False, "idleSeconds": 600}
+    assert spec["properties"]["runtime"]["default"]["batching"]["maxQueue"] == 512
+    assert spec["properties"]["rollout"]["default"] == {}

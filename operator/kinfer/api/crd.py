@@ -101,8 +101,9 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     if isinstance(out.get("description"), str):
         out["description"] = " ".join(out["description"].split())
     if isinstance(out.get("default"), dict):
-        # An empty object default lets the API server apply each property's own default inside it.
-        out["default"] = {}
+        # The whole default object: the API server checks CEL rules against it as written, before
+        # nested defaults apply. Unset optional fields (null) are left out.
+        out["default"] = _without_nulls(out["default"])
     if node.get("required"):
         out["required"] = node["required"]
     if out.get("additionalProperties") is True or "properties" in out:
@@ -120,6 +121,12 @@ def schema_of(model: type[BaseModel]) -> dict[str, Any]:
     if isinstance(model, type) and issubclass(model, ApiModel) and model.rules:
         schema["x-kubernetes-validations"] = [r.as_crd() for r in model.rules]
     return schema
+
+
+def _without_nulls(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_nulls(v) for k, v in node.items() if v is not None}
+    return node
 
 
 def _without_defaults(node: Any) -> Any:
