@@ -1,0 +1,94 @@
+"""Prometheus metrics. The names are read by the operator's PromQL; do not rename them.
+
+- kinfer_queue_depth{model}                    gauge: rows waiting + rows in the running forward
+- kinfer_inflight_requests{model}              gauge: infer requests accepted, not yet answered
+- kinfer_request_duration_seconds{model,phase} histogram; phase = total | queue | compute
+- kinfer_batch_size{model}                     histogram of rows per forward
+- kinfer_requests_total{model,code}            counter; code = HTTP status (gRPC mapped to it)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075,
+    0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class RuntimeMetrics:
+    """The runtime's metrics in their own registry (tests run several servers in one process)."""
+
+    def __init__(self, model: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.model = model
+        r = self.registry
+        self._depth = Gauge(
+            "kinfer_queue_depth",
+            "Rows waiting in the batch queue plus rows in the running forward.",
+            ["model"],
+            registry=r,
+        ).labels(model)
+        self._inflight = Gauge(
+            "kinfer_inflight_requests",
+            "Infer requests accepted and not yet answered.",
+            ["model"],
+            registry=r,
+        ).labels(model)
+        duration = Histogram(
+            "kinfer_request_duration_seconds",
+            "Infer request latency; phase=total (arrival to answer), queue (waiting for a "
+            "batch), compute (the batch's forward).",
+            ["model", "phase"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._total = duration.labels(model, "total")
+        self._queue = duration.labels(model, "queue")
+        self._compute = duration.labels(model, "compute")
+        self._batch = Histogram(
+            "kinfer_batch_size",
+            "Rows per model forward.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        ).labels(model)
+        self._requests = Counter(
+            "kinfer_requests_total",
+            "Infer requests answered, by HTTP status code.",
+            ["model", "code"],
+            registry=r,
+        )
+        self._by_code: dict[int, Counter] = {}
+
+    # BatchObserver
+    def queue_depth(self, rows: int) -> None:
+        self._depth.set(rows)
+
+    def batch(self, rows: int, queue_s: Sequence[float], compute_s: float) -> None:
+        self._batch.observe(rows)
+        for q in queue_s:
+            self._queue.observe(q)
+            self._compute.observe(compute_s)
+
+    # front ends
+    def request_started(self) -> None:
+        self._inflight.inc()
+
+    def request_finished(self, code: int, seconds: float) -> None:
+        self._inflight.dec()
+        self._total.observe(seconds)
+        counter = self._by_code.get(code)
+        if counter is None:
+            counter = self._by_code[code] = self._requests.labels(self.model, str(code))
+        counter.inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,421 @@
+"""REST front end: a lean HTTP/1.1 server on asyncio + httptools (llhttp).
+
+Thin on purpose: parse, route, call the data plane, encode. Keep-alive and pipelining are
+supported (answers go out in request order). Health and metadata are answered inline; only
+infer creates a task. During drain every answer carries `Connection: close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import os
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any, cast
+
+import httptools
+import orjson
+
+from kinfer_runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from kinfer_runtime.metrics import RuntimeMetrics
+from kinfer_runtime.protocol import codec
+from kinfer_runtime.protocol.dataplane import DataPlane
+from kinfer_runtime.protocol.errors import (
+    InferenceError,
+    InvalidInput,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RouteNotFound,
+    http_status,
+)
+
+log = logging.getLogger("kinfer_runtime.rest")
+
+JSON = b"application/json"
+OCTET = b"application/octet-stream"
+_REASONS = {
+    100: b"Continue", 200: b"OK", 400: b"Bad Request", 404: b"Not Found",
+    405: b"Method Not Allowed", 413: b"Payload Too Large", 429: b"Too Many Requests",
+    500: b"Internal Server Error", 503: b"Service Unavailable", 504: b"Gateway Timeout",
+}  # fmt: skip
+_WANTED_HEADERS = frozenset(
+    {
+        b"inference-header-content-length",
+        b"content-encoding",
+        b"expect",
+        b"x-request-id",
+    }
+)
+_ids = itertools.count(1)
+_PID = os.getpid()
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: bytes = JSON
+    header_length: int | None = None
+
+
+def _json(status: int, doc: Any) -> Response:
+    return Response(status, orjson.dumps(doc))
+
+
+def _error(exc: BaseException) -> Response:
+    message = exc.message if isinstance(exc, InferenceError) else f"internal error: {exc}"
+    return _json(http_status(exc), {"error": message})
+
+
+class RestApp:
+    """Routes one parsed request. `metrics_only` serves just /metrics (a separate port)."""
+
+    def __init__(
+        self, plane: DataPlane, metrics: RuntimeMetrics, *, serve_metrics: bool = True,
+        metrics_only: bool = False, max_body_bytes: int = 64 << 20,
+    ) -> None:  # fmt: skip
+        self.plane = plane
+        self.metrics = metrics
+        self.serve_metrics = serve_metrics or metrics_only
+        self.metrics_only = metrics_only
+        self.max_body_bytes = max_body_bytes
+
+    def route_sync(self, method: bytes, path: str) -> Response | None:
+        """Everything but infer; None means: this is an infer request, run it async."""
+        try:
+            if path == "/metrics" and self.serve_metrics:
+                _only(method, b"GET")
+                return Response(200, self.metrics.render(), METRICS_CONTENT_TYPE.encode())
+            if self.metrics_only:
+                raise RouteNotFound(f"no route {path}; this port serves /metrics")
+            plane = self.plane
+            if path == "/v2/health/live":
+                _only(method, b"GET")
+                return _json(200, {"live": True})
+            if path == "/v2/health/ready":
+                _only(method, b"GET")
+                ready = plane.ready()
+                return _json(200 if ready else 503, {"ready": ready})
+            if path in ("/v2", "/v2/"):
+                _only(method, b"GET")
+                return _json(200, plane.server_metadata())
+            if path == "/v2/repository/index":
+                _only(method, b"POST")
+                state = "READY" if plane.ready() else "UNAVAILABLE"
+                return _json(200, [{"name": plane.model_name, "version": plane.model_version,
+                                    "state": state}])  # fmt: skip
+            if not path.startswith("/v2/models/"):
+                raise RouteNotFound(f"no route {path}")
+            parts = path[len("/v2/models/") :].split("/")
+            name, version, tail = parts[0], "", parts[1:]
+            if len(tail) >= 2 and tail[0] == "versions":
+                version, tail = tail[1], tail[2:]
+            if tail == ["infer"]:
+                _only(method, b"POST")
+                plane.check_model(name, version)
+                return None
+            if not tail or tail == [""]:
+                _only(method, b"GET")
+                return _json(200, plane.model_metadata(name, version))
+            if tail == ["ready"]:
+                _only(method, b"GET")
+                ready = plane.model_ready(name, version)
+                return _json(200 if ready else 503, {"name": name, "ready": ready})
+            if tail == ["config"]:
+                _only(method, b"GET")
+                return _json(200, plane.model_config(name, version))
+            raise RouteNotFound(f"no route {path}")
+        except InferenceError as exc:
+            return _error(exc)
+
+    async def infer(self, path: str, headers: dict[bytes, bytes], body: bytes) -> Response:
+        started = time.perf_counter()
+        self.metrics.request_started()
+        code = 500
+        request_id = ""
+        try:
+            parts = path[len("/v2/models/") :].split("/")
+            version = parts[2] if parts[1] == "versions" else ""
+            body = _decompress(headers.get(b"content-encoding"), body, self.max_body_bytes)
+            request = codec.decode_infer_request(body, _header_length(headers), parts[0], version)
+            request_id = request.id
+            response = await self.plane.infer(request)
+            payload, header_length = codec.encode_infer_response(response)
+            code = 200
+            if header_length is None:
+                return Response(200, payload)
+            return Response(200, payload, OCTET, header_length)
+        except InferenceError as exc:
+            code = http_status(exc)
+            _log_error(code, exc.message, request_id, headers)
+            return _error(exc)
+        except Exception as exc:  # a bug of ours: answer 500, keep serving, leave a trace
+            log.exception("infer failed", extra={"request_id": _rid(request_id, headers)})
+            return _error(exc)
+        finally:
+            self.metrics.request_finished(code, time.perf_counter() - started)
+
+
+def _only(method: bytes, allowed: bytes) -> None:
+    if method != allowed:
+        raise MethodNotAllowed(f"method {method.decode(errors='replace')} not allowed here; "
+                               f"use {allowed.decode()}")  # fmt: skip
+
+
+def _header_length(headers: dict[bytes, bytes]) -> int | None:
+    raw = headers.get(b"inference-header-content-length")
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise InvalidInput(f"Inference-Header-Content-Length {raw!r} is not a non-negative integer")
+    return value
+
+
+def _decompress(encoding: bytes | None, body: bytes, limit: int) -> bytes:
+    if encoding is None or encoding in (b"identity", b""):
+        return body
+    wbits = {b"gzip": 31, b"deflate": 15}.get(encoding.strip().lower())
+    if wbits is None:
+        raise InvalidInput(f"Content-Encoding {encoding.decode(errors='replace')} not supported")
+    d = zlib.decompressobj(wbits)
+    try:
+        out = d.decompress(body, limit)
+    except zlib.error as exc:
+        raise InvalidInput(f"body is not valid {encoding.decode()}: {exc}") from None
+    if d.unconsumed_tail:
+        raise PayloadTooLarge(f"decompressed body exceeds {limit} bytes")
+    return out
+
+
+def _rid(request_id: str, headers: dict[bytes, bytes]) -> str:
+    if request_id:
+        return request_id
+    raw = headers.get(b"x-request-id")
+    return raw.decode(errors="replace") if raw else f"{_PID}-{next(_ids)}"
+
+
+def _log_error(code: int, message: str, request_id: str, headers: dict[bytes, bytes]) -> None:
+    level = logging.WARNING if code >= 500 else logging.INFO
+    if log.isEnabledFor(level):
+        log.log(level, message, extra={"request_id": _rid(request_id, headers), "code": code})
+
+
+@dataclass(slots=True)
+class _Request:
+    method: bytes
+    path: str
+    headers: dict[bytes, bytes]
+    body: bytes
+    keep_alive: bool
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection; requests are answered strictly in order."""
+
+    def __init__(self, server: RestServer) -> None:
+        self._server = server
+        self._app = server.app
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._pending: collections.deque[_Request] = collections.deque()
+        self._running = False
+        self._in_message = False
+        self._closed = False
+        self._url = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._too_large = False
+
+    # ---- asyncio.Protocol ----
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._server.connection_closed(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, "protocol upgrade is not supported")
+        except httptools.HttpParserError as exc:
+            self._fail(400, f"malformed HTTP request: {exc}")
+
+    # ---- httptools callbacks ----
+
+    def on_message_begin(self) -> None:
+        self._in_message = True
+        self._url = b""
+        self._headers = {}
+        self._body = []
+        self._body_size = 0
+        self._too_large = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name in _WANTED_HEADERS:
+            self._headers[name] = value
+
+    def on_headers_complete(self) -> None:
+        if self._headers.get(b"expect", b"").lower() == b"100-continue" and self._transport:
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self._app.max_body_bytes:
+            self._too_large = True
+            self._body = []
+        elif not self._too_large:
+            self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        url = self._url.decode("latin-1")
+        path = url.split("?", 1)[0]
+        body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
+        req = _Request(self._parser.get_method(), path, self._headers, body, self._parser.should_keep_alive())
+        if self._too_large:
+            req.path = ""  # answered as 413 by _serve_next
+        self._pending.append(req)
+        if not self._running:
+            self._serve_next()
+        elif len(self._pending) > 64 and self._transport:
+            self._transport.pause_reading()  # a client pipelining without reading answers
+
+    # ---- serving ----
+
+    def _serve_next(self) -> None:
+        while self._pending and not self._closed:
+            req = self._pending.popleft()
+            if not req.path:
+                resp = _error(PayloadTooLarge(f"body exceeds {self._app.max_body_bytes} bytes"))
+            else:
+                maybe = self._app.route_sync(req.method, req.path)
+                if maybe is None:
+                    self._running = True
+                    task = asyncio.get_running_loop().create_task(self._serve_async(req))
+                    self._server.tasks.add(task)
+                    task.add_done_callback(self._server.tasks.discard)
+                    return
+                resp = maybe
+            if not self._write(resp, req.keep_alive):
+                return
+        if self._transport and not self._closed:
+            self._transport.resume_reading()
+
+    async def _serve_async(self, req: _Request) -> None:
+        resp = await self._app.infer(req.path, req.headers, req.body)
+        self._running = False
+        if self._write(resp, req.keep_alive):
+            self._serve_next()
+
+    def _write(self, resp: Response, keep_alive: bool) -> bool:
+        """Send one answer; False when the connection is closed after it."""
+        transport = self._transport
+        if transport is None or self._closed:
+            return False
+        keep = keep_alive and not self._server.closing
+        head = [
+            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
+            % (resp.status, _REASONS.get(resp.status, b"Status"), resp.content_type, len(resp.body))
+        ]
+        if resp.header_length is not None:
+            head.append(b"inference-header-content-length: %d\r\n" % resp.header_length)
+        if not keep:
+            head.append(b"connection: close\r\n")
+        head.append(b"\r\n")
+        if len(resp.body) < 65536:
+            head.append(resp.body)
+            transport.write(b"".join(head))
+        else:
+            transport.writelines([b"".join(head), resp.body])
+        if not keep:
+            self.close()
+            return False
+        return True
+
+    def _fail(self, status: int, message: str) -> None:
+        self._pending.clear()
+        if self._transport and not self._closed:
+            body = orjson.dumps({"error": message})
+            self._transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n%s" % (status, _REASONS[status], len(body), body)
+            )
+        self.close()
+
+    @property
+    def idle(self) -> bool:
+        return not (self._running or self._pending or self._in_message)
+
+    def close(self) -> None:
+        if self._transport and not self._closed:
+            self._closed = True
+            self._transport.close()
+
+    def close_if_idle(self) -> None:
+        if self.idle:
+            self.close()
+
+
+class RestServer:
+    def __init__(self, app: RestApp) -> None:
+        self.app = app
+        self.connections: set[HttpConnection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.closing = False
+        self._server: asyncio.Server | None = None
+        self._all_closed = asyncio.Event()
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen; returns the bound port (useful with port 0)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: HttpConnection(self), host, port, reuse_address=True, backlog=2048
+        )
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def connection_closed(self, conn: HttpConnection) -> None:
+        self.connections.discard(conn)
+        if self.closing and not self.connections:
+            self._all_closed.set()
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def drain(self, linger_s: float, timeout_s: float) -> None:
+        """Stop listening, answer what is in flight with `Connection: close`, then close.
+
+        An idle keep-alive connection gets `linger_s` to send one last request (a client may
+        have one on the wire already) before it is closed.
+        """
+        self.closing = True
+        self.stop_accepting()
+        loop = asyncio.get_running_loop()
+        for conn in list(self.connections):
+            loop.call_later(linger_s, conn.close_if_idle)
+        if self.connections:
+            try:
+                await asyncio.wait_for(self._all_closed.wait(), timeout_s)
+            except TimeoutError:
+                log.warning("drain timed out; closing %d connections", len(self.connections))
+        for conn in list(self.connections):
+            conn.close()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=1.0)

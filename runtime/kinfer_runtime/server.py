@@ -1,0 +1,129 @@
+"""Process lifecycle: listen, load, warm up, turn ready, serve; on SIGTERM drain and return.
+
+Live answers 200 from the first moment; ready turns true only after the warm-up batch, and
+false again the instant SIGTERM arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kinfer_runtime.batching import Batcher
+from kinfer_runtime.metrics import RuntimeMetrics
+from kinfer_runtime.model import Model, ModelConfigError, example_inputs, load_model, locate
+from kinfer_runtime.protocol.dataplane import DataPlane
+from kinfer_runtime.protocol.grpc import start_grpc
+from kinfer_runtime.protocol.rest import RestApp, RestServer
+from kinfer_runtime.settings import Settings
+
+log = logging.getLogger("kinfer_runtime")
+
+
+def _grpc_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; the exit code (0 after a clean drain)."""
+    loop = asyncio.get_running_loop()
+    try:
+        model_file, sig = locate(settings.model_uri)
+    except ModelConfigError as exc:
+        log.error(str(exc))
+        return 2
+    directory = model_file.parent
+    name = settings.model_name or Path(directory).name
+    metrics = RuntimeMetrics(name)
+    plane = DataPlane(name, settings.model_version, sig)
+    if settings.request_timeout_ms > 0:
+        plane.default_timeout_s = settings.request_timeout_ms / 1000
+
+    same_port = settings.metrics_port < 0 or settings.metrics_port == settings.http_port
+    rest = RestServer(RestApp(plane, metrics, serve_metrics=same_port))
+    http_port = await rest.start(settings.host, settings.http_port)
+    metrics_server = None
+    metrics_port = http_port
+    if not same_port:
+        metrics_server = RestServer(RestApp(plane, metrics, metrics_only=True))
+        metrics_port = await metrics_server.start(settings.host, settings.metrics_port)
+    grpc_server = None
+    grpc_port = -1
+    if settings.grpc_port >= 0:
+        grpc_server, grpc_port = await start_grpc(
+            plane, metrics, _grpc_host(settings.host), settings.grpc_port
+        )
+    log.info(
+        "listening",
+        extra={"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port,
+               "host": settings.host, "model": name},
+    )  # fmt: skip
+
+    stop = asyncio.Event()
+    for sig_no in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig_no, stop.set)
+
+    # one worker thread runs load, warm-up and every forward (torch state stays on one thread)
+    executor = ThreadPoolExecutor(1, thread_name_prefix="kinfer-forward")
+    batcher: Batcher | None = None
+    load: asyncio.Future[Model] = loop.run_in_executor(executor, _load_and_warm, settings, name)
+    stop_wait: asyncio.Future[Any] = loop.create_task(stop.wait())
+    await asyncio.wait([load, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+    stop_wait.cancel()
+    code = 0
+    if load.done():
+        try:
+            model = load.result()
+        except Exception as exc:  # any load or warm-up failure: say why, exit non-zero
+            log.error("model failed to load: %s", exc, exc_info=not isinstance(exc, ModelConfigError))
+            code = 1
+            stop.set()
+        else:
+            mbs = settings.max_batch_size or sig.max_batch_size or 1
+            if sig.max_batch_size:
+                mbs = min(mbs, sig.max_batch_size)
+            batcher = Batcher(
+                model.forward,
+                max_batch_size=mbs,
+                max_delay_s=settings.max_delay_ms / 1000,
+                max_queue_rows=settings.max_queue,
+                concatenate=sig.batched,
+                executor=executor,
+                observer=metrics,
+            )
+            batcher.start()
+            plane.model_loaded(batcher)
+            log.info("ready", extra={"device": model.device, "max_batch_size": mbs})
+    await stop.wait()
+
+    # drain: unready now, keep accepting while endpoints update, then finish and close
+    plane.draining = True
+    log.info("draining", extra={"delay_s": settings.drain_delay_s})
+    if code == 0:
+        await asyncio.sleep(settings.drain_delay_s)
+    waits = [rest.drain(settings.drain_linger_s, settings.drain_timeout_s)]
+    if grpc_server is not None:
+        waits.append(grpc_server.stop(settings.drain_timeout_s))
+    await asyncio.gather(*waits)
+    if batcher is not None:
+        await batcher.stop()
+    if metrics_server is not None:
+        await metrics_server.drain(0.0, 1.0)
+    executor.shutdown(wait=False, cancel_futures=True)
+    log.info("stopped", extra={"exit_code": code})
+    return code
+
+
+def _load_and_warm(settings: Settings, name: str) -> Model:
+    model = load_model(settings.model_uri, settings.device)
+    sig = model.signature
+    if settings.warmup:
+        sizes = {1, settings.max_batch_size or sig.max_batch_size or 1} if sig.batched else {1}
+        for rows in sorted(sizes):
+            model.forward(example_inputs(sig, min(rows, sig.max_batch_size) if sig.batched else 1))
+    log.info("model loaded", extra={"model": name, "format": sig.format, "device": model.device})
+    return model

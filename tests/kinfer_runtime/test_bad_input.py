@@ -1,0 +1,210 @@
+"""Malformed requests get the right 4xx and a message naming what is wrong; fuzz finds no 5xx."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import struct
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from tests.kinfer_runtime.server_proc import Server
+
+INFER = "/v2/models/mlp/infer"
+
+
+def _x(shape: list[int] | None = None, data: Any = None, **extra: Any) -> dict[str, Any]:
+    shape = [1, 8] if shape is None else shape
+    doc = {"name": "x", "datatype": "FP32", "shape": shape,
+           "data": list(range(8)) if data is None else data}  # fmt: skip
+    doc.update(extra)
+    return doc
+
+
+def _body(*inputs: dict[str, Any], **top: Any) -> bytes:
+    return json.dumps({"inputs": list(inputs), **top}).encode()
+
+
+def _binary(json_doc: dict[str, Any], blob: bytes) -> tuple[bytes, dict[str, str]]:
+    header = json.dumps(json_doc).encode()
+    return header + blob, {"Inference-Header-Content-Length": str(len(header))}
+
+
+def _raw_x(size: int, claim: int) -> dict[str, Any]:
+    return {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 8],
+                        "parameters": {"binary_data_size": claim}}]}  # fmt: skip
+
+
+F32 = struct.pack("<8f", *range(8))
+
+# (id, method, path, body, headers, status, message fragment)
+CASES: list[tuple[str, str, str, bytes, dict[str, str], int, str]] = [
+    ("malformed-json", "POST", INFER, b'{"inputs": [', {}, 400, "malformed JSON"),
+    ("not-an-object", "POST", INFER, b"[1, 2]", {}, 400, "request body must be a JSON object"),
+    ("no-inputs", "POST", INFER, b"{}", {}, 400, "'inputs' must be a non-empty list"),
+    ("unknown-input", "POST", INFER, _body({**_x(), "name": "z"}), {}, 400, "unknown input 'z'"),
+    ("duplicate-input", "POST", INFER, _body(_x(), _x()), {}, 400, "input 'x' appears more"),
+    ("wrong-datatype", "POST", INFER, _body(_x(datatype="INT32")), {}, 400,
+     "input 'x': datatype INT32, expected FP32"),
+    ("unknown-datatype", "POST", INFER, _body(_x(datatype="FLOAT")), {}, 400,
+     "input 'x': unsupported datatype 'FLOAT'"),
+    ("wrong-rank", "POST", INFER, _body(_x([8])), {}, 400,
+     "input 'x': shape [8], expected [-1, 8]"),
+    ("wrong-inner-dim", "POST", INFER, _body(_x([1, 7], list(range(7)))), {}, 400,
+     "input 'x': shape [1, 7], expected [-1, 8]"),
+    ("count-mismatch", "POST", INFER, _body(_x([1, 8], [1, 2, 3])), {}, 400,
+     "input 'x': shape [1, 8] needs 8 elements, 'data' has 3"),
+    ("not-numbers", "POST", INFER, _body(_x([1, 8], ["a"] * 8)), {}, 400,
+     "input 'x': 'data' is not a valid FP32 array"),
+    ("negative-dim", "POST", INFER, _body(_x([-1, 8])), {}, 400,
+     "input 'x': 'shape' must be a list of non-negative integers"),
+    ("batch-too-big", "POST", INFER, _body(_x([33, 8], [0] * 264)), {}, 400,
+     "input 'x': batch of 33 rows exceeds max_batch_size 32"),
+    ("empty-batch", "POST", INFER, _body(_x([0, 8], [])), {}, 400,
+     "input 'x': batch dimension must be at least 1"),
+    ("no-data", "POST", INFER, _body({"name": "x", "datatype": "FP32", "shape": [1, 8]}), {}, 400,
+     "input 'x': needs 'data' or parameters.binary_data_size"),
+    ("binary-too-short", "POST", INFER, *_binary(_raw_x(32, 32), F32[:16]), 400,
+     "input 'x': binary_data_size 32 runs past the binary data (16 bytes left)"),
+    ("binary-wrong-size", "POST", INFER, *_binary(_raw_x(16, 16), F32[:16]), 400,
+     "input 'x': expected 32 bytes of FP32 data for shape [1, 8], got 16"),
+    ("binary-extra-bytes", "POST", INFER, *_binary(_raw_x(32, 32), F32 + b"xx"), 400,
+     "2 bytes that no input claims"),
+    ("header-length-past-body", "POST", INFER, b"{}", {"Inference-Header-Content-Length": "99"},
+     400, "Inference-Header-Content-Length 99 exceeds the body length 2"),
+    ("header-length-not-int", "POST", INFER, b"{}", {"Inference-Header-Content-Length": "x"},
+     400, "Inference-Header-Content-Length b'x' is not a non-negative integer"),
+    ("unknown-output", "POST", INFER, _body(_x(), outputs=[{"name": "nope"}]), {}, 400,
+     "unknown output 'nope'"),
+    ("bad-timeout", "POST", INFER, _body(_x(), parameters={"timeout": "soon"}), {}, 400,
+     "parameter 'timeout'"),
+    ("id-not-string", "POST", INFER, _body(_x(), id=5), {}, 400, "request 'id' must be a string"),
+    ("unknown-model", "POST", "/v2/models/nope/infer", _body(_x()), {}, 404,
+     "model 'nope' is not served here"),
+    ("unknown-version", "GET", "/v2/models/mlp/versions/9", b"", {}, 404, "no version '9'"),
+    ("unknown-route", "GET", "/v3/everything", b"", {}, 404, "no route /v3/everything"),
+    ("get-on-infer", "GET", INFER, b"", {}, 405, "use POST"),
+    ("bad-gzip", "POST", INFER, b"not gzip", {"Content-Encoding": "gzip"}, 400,
+     "body is not valid gzip"),
+]  # fmt: skip
+
+
+def _request(server: Server, method: str, path: str, body: bytes = b"",
+             headers: dict[str, str] | None = None) -> tuple[int, bytes]:  # fmt: skip
+    host, port = server.http.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers", "status", "fragment"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_malformed_request(mlp_server: Server, method: str, path: str, body: bytes,
+                           headers: dict[str, str], status: int, fragment: str
+                           ) -> None:  # fmt: skip
+    got, payload = _request(mlp_server, method, path, body, headers)
+    assert got == status, payload
+    assert fragment in json.loads(payload)["error"]
+
+
+def test_missing_and_out_of_range_inputs_on_a_multi_input_model(dtypes_server: Server) -> None:
+    status, payload = _request(dtypes_server, "POST", "/v2/models/dtypes/infer", json.dumps(
+        {"inputs": [{"name": "in_INT8", "datatype": "INT8", "shape": [1, 3], "data": [1, 2, 300]}]}
+    ).encode())  # fmt: skip
+    assert status == 400
+    assert "input 'in_INT8': 'data' is not a valid INT8 array" in json.loads(payload)["error"]
+    status, payload = _request(dtypes_server, "POST", "/v2/models/dtypes/infer", json.dumps(
+        {"inputs": [{"name": "in_INT8", "datatype": "INT8", "shape": [1, 3], "data": [1, 2, 3]}]}
+    ).encode())  # fmt: skip
+    assert status == 400
+    assert "missing input 'in_FP32'" in json.loads(payload)["error"]
+
+
+def test_malformed_http_is_answered_and_closed(mlp_server: Server) -> None:
+    import socket
+
+    host, port = mlp_server.http.split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        reply = s.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 400")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "code", "fragment"),
+    [
+        (lambda r: r.inputs[0].ClearField("shape") or r.inputs[0].shape.extend([1, 7]),
+         grpc.StatusCode.INVALID_ARGUMENT, "input 'x': expected 28 bytes"),
+        (lambda r: setattr(r, "model_name", "nope"), grpc.StatusCode.NOT_FOUND, "model 'nope'"),
+        (lambda r: r.raw_input_contents.append(b""), grpc.StatusCode.INVALID_ARGUMENT,
+         "raw_input_contents has 2 entries for 1 inputs"),
+        (lambda r: setattr(r.inputs[0], "datatype", "INT32"), grpc.StatusCode.INVALID_ARGUMENT,
+         "input 'x': datatype INT32, expected FP32"),
+    ],
+)  # fmt: skip
+def test_grpc_errors(mlp_server: Server, mutate: Any, code: grpc.StatusCode, fragment: str) -> None:
+    req = pb.ModelInferRequest(model_name="mlp")
+    inp = req.inputs.add()
+    inp.name, inp.datatype = "x", "FP32"
+    inp.shape.extend([1, 8])
+    req.raw_input_contents.append(np.zeros(8, np.float32).tobytes())
+    mutate(req)
+    with grpc.insecure_channel(mlp_server.grpc) as channel, pytest.raises(grpc.RpcError) as info:
+        pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(req, timeout=10)
+    assert info.value.code() == code
+    assert fragment in (info.value.details() or "")
+
+
+# ---- fuzz: structured mutations of an infer request, and raw garbage ----
+
+_json_leaf = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8)
+_json = st.recursive(
+    _json_leaf,
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4),
+    max_leaves=12,
+)  # fmt: skip
+_input = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.sampled_from(["x", "y", ""]) | _json,
+        "datatype": st.sampled_from(["FP32", "INT8", "BYTES", "BF16", "FP16", "BOOL", "X"]) | _json,
+        "shape": st.lists(st.integers(-2, 40), max_size=3) | _json,
+        "data": st.lists(st.floats(width=32) | st.integers(-300, 300), max_size=40) | _json,
+        "parameters": st.fixed_dictionaries({"binary_data_size": st.integers(-1, 64)}) | _json,
+    },
+)
+_request_doc = st.fixed_dictionaries(
+    {"inputs": st.lists(_input, max_size=3) | _json},
+    optional={"id": _json, "outputs": _json, "parameters": _json},
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=_request_doc, tail=st.binary(max_size=64), header=st.booleans())
+def test_fuzz_rest_infer_never_5xx(mlp_server: Server, doc: Any, tail: bytes, header: bool) -> None:
+    head = json.dumps(doc, allow_nan=True).encode()
+    hdrs = {"Inference-Header-Content-Length": str(len(head))} if header else {}
+    status, payload = _request(mlp_server, "POST", INFER, head + (tail if header else b""), hdrs)
+    assert status < 500, payload
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.binary(max_size=200), path=st.sampled_from([INFER, "/v2/models/mlp", "/v2"]))
+def test_fuzz_raw_bodies_never_5xx(mlp_server: Server, body: bytes, path: str) -> None:
+    status, _ = _request(mlp_server, "POST", path, body)
+    assert status < 500
+    assert _request(mlp_server, "GET", "/v2/health/live")[0] == 200

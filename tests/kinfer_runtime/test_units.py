@@ -1,0 +1,143 @@
+"""Codec, settings, data plane and module boundaries — no server process, no HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from kinfer_runtime import settings
+from kinfer_runtime.batching import Batcher
+from kinfer_runtime.model import ModelConfigError, Signature, load_model, locate
+from kinfer_runtime.protocol import codec
+from kinfer_runtime.protocol.dataplane import DataPlane
+from kinfer_runtime.protocol.errors import InvalidInput, ModelNotFound, NotReady, status_of
+from kinfer_runtime.protocol.v2_types import InferRequest, Tensor
+from tests.kinfer_runtime.models import make_slow
+
+RUNTIME = Path(__file__).parents[2] / "runtime" / "kinfer_runtime"
+
+
+@pytest.mark.parametrize(
+    ("datatype", "values"),
+    [
+        ("FP32", np.array([[1.5, -2.0]], np.float32)),
+        ("FP16", np.array([[1.5, -2.0]], np.float16)),
+        ("FP64", np.array([1e300], np.float64)),
+        ("INT8", np.array([-128, 127], np.int8)),
+        ("INT64", np.array([-(2**62)], np.int64)),
+        ("UINT64", np.array([2**63], np.uint64)),
+        ("BOOL", np.array([True, False])),
+        ("BF16", np.array([1.0, -3.5, 0.15625], np.float32)),
+        ("BYTES", np.array([b"", b"abc", "é".encode()], dtype=object)),
+    ],
+)
+def test_raw_round_trip(datatype: str, values: np.ndarray) -> None:
+    raw = codec.to_raw(values, datatype)
+    back = codec.from_raw(raw, datatype, values.shape, "t")
+    assert back.tolist() == values.tolist()
+
+
+def test_bf16_wire_format_is_what_ml_dtypes_writes() -> None:
+    x = np.array([0.1, 1e-3, -7.77], np.float32)
+    assert codec.to_raw(x, "BF16") == x.astype(ml_dtypes.bfloat16).tobytes()
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b"\x05\x00\x00\x00ab", "runs past the data"),
+        (b"\x01\x00", "truncated BYTES element length"),
+        (b"\x01\x00\x00\x00a" * 3, "expected 2 BYTES elements"),
+    ],
+)
+def test_bad_bytes_tensors(raw: bytes, fragment: str) -> None:
+    with pytest.raises(InvalidInput, match=fragment):
+        codec.from_raw(raw, "BYTES", (2,), "s")
+
+
+def test_error_status_table_is_the_one_place() -> None:
+    assert status_of(InvalidInput("x")) == (400, "INVALID_ARGUMENT")
+    assert status_of(ModelNotFound("x")) == (404, "NOT_FOUND")
+    assert status_of(NotReady("x")) == (503, "UNAVAILABLE")
+    assert status_of(ValueError("x")) == (500, "INTERNAL")
+
+
+def test_settings_flags_beat_env_beat_defaults() -> None:
+    env = {"KINFER_MODEL_URI": "/m", "KINFER_HTTP_PORT": "9000", "KINFER_MAX_DELAY_MS": "2.5",
+           "KINFER_WARMUP": "0", "KINFER_GRPC_PORT": "9001"}  # fmt: skip
+    s = settings.parse(["--grpc-port", "7000"], env)
+    assert (s.model_uri, s.http_port, s.grpc_port, s.max_delay_ms) == ("/m", 9000, 7000, 2.5)
+    assert s.warmup is False
+    assert settings.parse(["--model-uri", "/x"], {}).http_port == 8000
+    with pytest.raises(SystemExit):
+        settings.parse([], {})  # the model URI is required
+
+
+def test_help_lists_every_flag() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "kinfer_runtime", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    flags = "model-uri model-name host http-port grpc-port metrics-port max-batch-size max-delay-ms"
+    for flag in [f"--{f}" for f in (*flags.split(), "max-queue")]:
+        assert flag in out
+
+
+def test_torch_is_imported_in_one_module_only() -> None:
+    importers = sorted(
+        p.relative_to(RUNTIME).as_posix()
+        for p in RUNTIME.rglob("*.py")
+        if any(line.startswith(("import torch", "from torch")) for line in p.read_text().splitlines())
+    )
+    assert importers == ["torch_model.py"]
+
+
+def test_signature_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(ModelConfigError, match=r"no signature\.json"):
+        locate(str(tmp_path))
+    with pytest.raises(ModelConfigError, match="first dimension must be -1"):
+        Signature.from_dict({"max_batch_size": 4, "inputs": [{"name": "x", "datatype": "FP32",
+                             "shape": [3]}], "outputs": [{"name": "y", "datatype": "FP32",
+                             "shape": [-1]}]}, "sig")  # fmt: skip
+    with pytest.raises(ModelConfigError, match="scheme 's3'"):
+        locate("s3://bucket/model")
+
+
+def test_data_plane_without_transport(tmp_path: Path) -> None:
+    model = load_model(f"file://{make_slow(tmp_path / 'm')}")
+    model.delay = 0  # type: ignore[attr-defined]
+    plane = DataPlane("m", "1", model.signature)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    request = InferRequest("m", "", [Tensor("x", "FP32", (2, 4), x)], id="abc")
+
+    async def main() -> None:
+        with pytest.raises(NotReady):
+            await plane.infer(request)
+        batcher = Batcher(model.forward, max_batch_size=8, max_delay_s=0, max_queue_rows=8)
+        batcher.start()
+        plane.model_loaded(batcher)
+        resp = await plane.infer(request)
+        assert resp.id == "abc"
+        np.testing.assert_array_equal(resp.outputs[0].data, x * 2)
+        with pytest.raises(InvalidInput, match="input 'x': shape"):
+            await plane.infer(InferRequest("m", "", [Tensor("x", "FP32", (2,), x[0, :2])]))
+        with pytest.raises(ModelNotFound):
+            await plane.infer(InferRequest("other", "", request.inputs))
+        plane.draining = True
+        assert not plane.ready() and plane.live()
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert plane.model_metadata("m")["inputs"][0] == {
+        "name": "x",
+        "datatype": "FP32",
+        "shape": [-1, 4],
+    }
