@@ -147,6 +147,23 @@ def test_canary_weight_follows_status() -> None:
     assert replicas == [4, 0]
 
 
+def _weights_and_replicas(isvc: dict[str, Any]) -> tuple[list[int], list[int]]:
+    objects = render(isvc, FULL)
+    (route,) = _by_kind(objects, "HTTPRoute")
+    weights = [b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]]
+    return weights, [d["spec"]["replicas"] for d in _by_kind(objects, "Deployment")]
+
+
+def test_no_route_traffic_to_a_pending_canary_and_a_promotion_hands_over() -> None:
+    isvc = load(ROOT / "examples" / "gpu-canary.yaml")
+    isvc["status"] = {"desiredReplicas": 4, "canary": {"phase": "Pending", "step": 0, "weight": 10}}
+    assert _weights_and_replicas(isvc) == ([100, 0], [3, 1])
+    isvc["status"]["canary"] = {"phase": "Promoting", "step": 3, "weight": 100}
+    assert _weights_and_replicas(isvc) == ([0, 100], [4, 4])
+    isvc["status"]["canary"]["phase"] = "Succeeded"
+    assert _weights_and_replicas(isvc) == ([0, 100], [0, 4])
+
+
 def test_owner_reference_when_the_resource_has_a_uid() -> None:
     isvc = load(ROOT / "examples" / "minimal.yaml")
     isvc["metadata"]["uid"] = "0b3c6a8e-1111-2222-3333-444455556666"

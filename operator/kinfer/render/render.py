@@ -101,6 +101,14 @@ def canary_weight(canary: api.Canary, status: dict[str, Any]) -> int:
     return canary.steps[0]
 
 
+def route_weight(canary: api.Canary, status: dict[str, Any]) -> int:
+    """Weight the HTTPRoute sends to the canary: none until its pods are up (phase Pending), so
+    no request meets a backend without endpoints."""
+    if (status.get("canary") or {}).get("phase", "Pending") == "Pending":
+        return 0
+    return canary_weight(canary, status)
+
+
 def _model_location(model: api.Model) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
     """The URI the runtime loads, and the volume that makes it reachable inside the pod."""
     if model.uri.startswith("pvc://"):
@@ -208,6 +216,10 @@ def tracks(name: str, spec: api.InferenceServiceSpec, status: dict[str, Any]) ->
         if spec.rollout.ab_test is not None:
             # Header routing: the canary takes whatever matches; keep it at the floor.
             canary_replicas = max(spec.scaling.min_replicas, 1)
+        elif (status.get("canary") or {}).get("phase") == "Promoting":
+            # Hand over like blue/green: the canary grows to the full count while stable keeps
+            # serving; stable goes to zero only once the rollout has Succeeded.
+            canary_replicas = total
         else:
             stable_split, canary_replicas = split_replicas(total, canary_weight(canary, status))
             if stable_replicas is not None:
@@ -302,7 +314,7 @@ def render(isvc: dict[str, Any], config: OperatorConfig) -> list[dict[str, Any]]
                 **common,
                 parent=parent,
                 ab_test=ab.model_dump() if ab else None,
-                weight=canary_weight(canary, status),
+                weight=route_weight(canary, status),
                 stable_service=f"{name}-stable",
                 canary_service=f"{name}-canary",
             )
