@@ -131,6 +131,10 @@ def run_pass(memo: Any, namespace: str, name: str, logger: Logger, trigger: str)
 def report(
     outcome: Outcome, namespace: str, name: str, logger: Logger, trigger: str, elapsed: float
 ) -> None:
+    if outcome.result == "gone":
+        metrics.forget(namespace, name)
+    elif "desiredReplicas" in outcome.status:
+        metrics.DESIRED_REPLICAS.labels(namespace, name).set(outcome.status["desiredReplicas"])
     for applied in outcome.applied:
         metrics.OBJECTS_APPLIED.labels(applied.kind, applied.action).inc()
     for kind, _ in outcome.deleted:
@@ -215,6 +219,8 @@ def rollout_timer(namespace: str | None, name: str, memo: Any, logger: Logger, *
             raise
         if result.status_patch:
             runtime.cluster.patch_status(namespace, name, result.status_patch)
+        canary = result.status_patch.get("canary", (isvc.get("status") or {}).get("canary"))
+        metrics.CANARY_WEIGHT.labels(namespace, name).set((canary or {}).get("weight", 0))
         for event in result.events:
             logger.info("rollout %s/%s: %s: %s", namespace, name, event.reason, event.message)
             kopf.event(_owner(isvc), type=event.type, reason=event.reason, message=event.message)

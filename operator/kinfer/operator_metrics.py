@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+import contextlib
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RECONCILES = Counter(
     "kinfer_operator_reconcile_total",
@@ -30,6 +32,26 @@ SCALES = Counter(
     "Replica changes the autoscaler made, by direction (up, down).",
     ["direction"],
 )
+
+# Per InferenceService, for dashboards: what the operator decided, next to what the pods report.
+# Label names match the ones Prometheus gives the runtime's series (from the pod labels).
+DESIRED_REPLICAS = Gauge(
+    "kinfer_operator_desired_replicas",
+    "Replicas the operator wants for an InferenceService (all tracks).",
+    ["namespace", "kinfer_dev_isvc"],
+)
+CANARY_WEIGHT = Gauge(
+    "kinfer_operator_canary_weight_percent",
+    "Percent of traffic the rollout sends to the canary (status.canary.weight).",
+    ["namespace", "kinfer_dev_isvc"],
+)
+
+
+def forget(namespace: str, name: str) -> None:
+    """Drop an InferenceService's series once it is gone."""
+    for gauge in (DESIRED_REPLICAS, CANARY_WEIGHT):
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, name)
 
 
 def serve(port: int, address: str) -> None:

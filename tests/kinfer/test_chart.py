@@ -272,9 +272,13 @@ def test_operator_has_peering_probes_metrics_and_its_config() -> None:
     assert deployment["spec"]["replicas"] == 2
     pod, container = _operator()
     args = container["args"]
+    assert container["command"] == ["kinfer"]  # the Dockerfile's ENTRYPOINT
     assert args[0] == "operator"
     assert "--peering=kinfer" in args and "--standalone" not in args
     assert "--metrics-address=0.0.0.0" in args
+    # kopf names the peer by POD_ID: the peering object shows which pod is active.
+    (pod_id,) = [e for e in container["env"] if e["name"] == "POD_ID"]
+    assert pod_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     liveness = next(a for a in args if a.startswith("--liveness="))
     port = values["livenessPort"]
     assert liveness == f"--liveness=http://0.0.0.0:{port}/healthz"

@@ -85,11 +85,16 @@ class Bed:
         )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports (all held open while choosing, so none repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _get(url: str, ctx: ssl.SSLContext | None = None) -> bool:
@@ -103,17 +108,14 @@ def _get(url: str, ctx: ssl.SSLContext | None = None) -> bool:
         return False
 
 
-def _wait(
-    what: str, check: Callable[[], bool], proc: Proc | None, log: Path | None, t: float
-) -> None:
+def _wait(what: str, check: Callable[[], bool], proc: Proc | None, log: Path | None, t: float) -> None:
     deadline = time.monotonic() + t
     while time.monotonic() < deadline:
         if check():
             return
         if proc is not None and not proc.alive():
             raise StartupError(
-                f"{what} exited during startup; last lines of {log}:\n"
-                + (log_tail(log) if log else "")
+                f"{what} exited during startup; last lines of {log}:\n" + (log_tail(log) if log else "")
             )
         time.sleep(0.2)
     tail = f"; last lines of {log}:\n{log_tail(log)}" if log else ""
@@ -175,7 +177,7 @@ def _argv(name: str, state: Path, ports: dict[str, int]) -> list[str]:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--service-cluster-ip-range=10.96.0.0/16",
+            f"--service-cluster-ip-range={network.SERVICE_RANGE}",
             "--authorization-mode=Node,RBAC",
             "--allow-privileged=true",
             f"--requestheader-client-ca-file={pki / 'ca.crt'}",
@@ -257,6 +259,7 @@ def up(state: Path, echo: Callable[[str], None] = print) -> Bed:
     t0 = time.monotonic()
     for sub in ("etcd", "prometheus", "pods", "procs", "logs"):  # a fresh cluster each time
         _rmtree(state / sub)
+    (state / "launcher.ready").unlink(missing_ok=True)
     for sub in ("logs", "etcd", "prometheus", "kwok-home"):
         (state / sub).mkdir(parents=True, exist_ok=True)
     certs.make_pki(state / "pki")
@@ -269,10 +272,8 @@ def up(state: Path, echo: Callable[[str], None] = print) -> Bed:
         "kwok",
         "prometheus",
     )
-    ports = {n: free_port() for n in names}
-    certs.write_kubeconfig(
-        bed.kubeconfig, state / "pki", f"https://127.0.0.1:{ports['kube-apiserver']}"
-    )
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    certs.write_kubeconfig(bed.kubeconfig, state / "pki", f"https://127.0.0.1:{ports['kube-apiserver']}")
     (state / "kwok.yaml").write_text(nodes.kwok_config(_kwok_module_dir()))
     (state / "prometheus.yml").write_text(prometheus.config(bed.kubeconfig))
     network.bridge_up()
@@ -290,15 +291,11 @@ def up(state: Path, echo: Callable[[str], None] = print) -> Bed:
 
     try:
         etcd = start("etcd")
-        _wait(
-            "etcd", lambda: _get(f"http://127.0.0.1:{ports['etcd']}/health"), etcd, log("etcd"), 30
-        )
+        _wait("etcd", lambda: _get(f"http://127.0.0.1:{ports['etcd']}/health"), etcd, log("etcd"), 30)
         api = start("kube-apiserver")
         ctx = _admin_ctx(state / "pki")
         api_url = f"https://127.0.0.1:{ports['kube-apiserver']}"
-        _wait(
-            "kube-apiserver", lambda: _get(f"{api_url}/readyz", ctx), api, log("kube-apiserver"), 90
-        )
+        _wait("kube-apiserver", lambda: _get(f"{api_url}/readyz", ctx), api, log("kube-apiserver"), 90)
         started = {n: start(n) for n in ("kube-controller-manager", "kube-scheduler")}
         # kwok reads ~/.kwok/kwok.yaml too: give it a HOME of its own.
         started["kwok"] = start("kwok", env={**os.environ, "HOME": str(state / "kwok-home")})
@@ -344,8 +341,7 @@ def _nodes_ready(bed: Bed) -> bool:
         n["metadata"]["name"]
         for n in Kube(bed.kubeconfig).get("/api/v1/nodes")["items"]
         if any(
-            c["type"] == "Ready" and c["status"] == "True"
-            for c in n.get("status", {}).get("conditions", [])
+            c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", [])
         )
     }
     return want <= ready

@@ -123,9 +123,7 @@ def write_kubeconfig(path: Path, pki: Path, server: str) -> None:
                 },
             }
         ],
-        "contexts": [
-            {"name": "kinfer-testbed", "context": {"cluster": "kinfer-testbed", "user": "admin"}}
-        ],
+        "contexts": [{"name": "kinfer-testbed", "context": {"cluster": "kinfer-testbed", "user": "admin"}}],
         "current-context": "kinfer-testbed",
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))

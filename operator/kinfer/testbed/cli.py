@@ -81,7 +81,7 @@ def up_cmd(state: Path | None) -> None:
         f"kubeconfig:  {b.kubeconfig}\n"
         f"prometheus:  {b.prometheus_url()}\n"
         f"logs:        {s / 'logs'}\n"
-        f'use it:      eval "$(python -m kinfer.testbed.cli env)"   (or: kinfer dev env)',
+        'use it:      eval "$(kinfer dev env)"',
         err=True,
     )
 

@@ -83,9 +83,7 @@ class Kube:
 
     def patch_status(self, path: str, patch: Obj) -> Obj:
         """Strategic merge: conditions merge by type."""
-        return self.request(
-            "PATCH", path + "/status", patch, "application/strategic-merge-patch+json"
-        )
+        return self.request("PATCH", path + "/status", patch, "application/strategic-merge-patch+json")
 
     def delete(self, path: str, body: Obj | None = None) -> Obj:
         return self.request("DELETE", path, body)

@@ -119,9 +119,7 @@ def container_env(pod: Obj, c: Obj) -> dict[str, str]:
             env[e["name"]] = expand(e["value"], env)
         elif fp := e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath"):
             m = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", fp)
-            env[e["name"]] = (
-                meta.get(m.group(1), {}).get(m.group(2), "") if m else fields.get(fp, "")
-            )
+            env[e["name"]] = meta.get(m.group(1), {}).get(m.group(2), "") if m else fields.get(fp, "")
         # resourceFieldRef, configMapKeyRef, secretKeyRef: not supported (docs/testbed.md)
     return env
 
@@ -372,10 +370,7 @@ class PodRunner:
                 argv = resolve(probe["exec"]["command"])
                 if self.netns:
                     argv = ["ip", "netns", "exec", self.netns, *argv]
-                return (
-                    subprocess.run(argv, env=c.env, timeout=timeout, capture_output=True).returncode
-                    == 0
-                )
+                return subprocess.run(argv, env=c.env, timeout=timeout, capture_output=True).returncode == 0
         except (OSError, urllib.error.URLError, ValueError, subprocess.TimeoutExpired):
             return False
         return False
@@ -420,9 +415,7 @@ class PodRunner:
         for c in running:
             self._signal(c, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(
-            c.proc and c.proc.poll() is None for c in running
-        ):
+        while time.monotonic() < deadline and any(c.proc and c.proc.poll() is None for c in running):
             time.sleep(0.05)
         for c in running:
             self._kill(c, 0)

@@ -18,6 +18,7 @@ from kinfer.testbed.nodes import POD_RANGE
 BRIDGE = "kinfer0"
 HOST_ADDR = "169.254.88.1"  # the host's side of the bridge; link-local, never routed
 POD_PREFIX = POD_RANGE.split("/")[1]  # pods see the whole range as one L2 segment
+SERVICE_RANGE = "10.96.0.0/16"  # the API server's --service-cluster-ip-range
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -33,9 +34,13 @@ def bridge_up() -> None:
     _ip("link", "set", BRIDGE, "up")
     _ip("addr", "replace", f"{HOST_ADDR}/32", "dev", BRIDGE)
     _ip("route", "replace", POD_RANGE, "dev", BRIDGE, "src", HOST_ADDR)
+    # There is no kube-proxy: a ClusterIP leads nowhere. Fail such connections on the spot
+    # rather than let them follow the default route off the machine.
+    _ip("route", "replace", "unreachable", SERVICE_RANGE)
 
 
 def bridge_down() -> None:
+    _ip("route", "del", "unreachable", SERVICE_RANGE, check=False)
     _ip("link", "del", BRIDGE, check=False)  # also drops its route and address
 
 
