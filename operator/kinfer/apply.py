@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,6 +31,8 @@ OWNED_KINDS: tuple[tuple[str, str], ...] = (
     ("v1", "Service"),
     ("apps/v1", "Deployment"),
 )
+
+DISCOVERY_TTL_SECONDS = 60.0
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,7 @@ def key(obj: dict[str, Any]) -> tuple[str, str]:
 class ClusterAPI(Protocol):
     """What reconcile() needs from the cluster; tests use an in-memory fake."""
 
+    def installed(self, api_version: str, kind: str) -> bool: ...
     def get_isvc(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     def owned(self, namespace: str, name: str) -> dict[tuple[str, str], dict[str, Any]]: ...
     def apply(self, obj: dict[str, Any], before: dict[str, Any] | None) -> Applied: ...
@@ -72,18 +76,24 @@ class Cluster:
 
     def __init__(self, client: kubernetes.client.ApiClient) -> None:
         self.dyn = DynamicClient(client)  # type: ignore[no-untyped-call]
-        self._missing: set[str] = set()
+        # kind -> (served?, when checked): a CRD installed later is noticed within a minute.
+        self._served: dict[str, tuple[bool, float]] = {}
 
     def _resource(self, api_version: str, kind: str) -> Any:
         return self.dyn.resources.get(api_version=api_version, kind=kind)
 
     def installed(self, api_version: str, kind: str) -> bool:
         """Whether the cluster serves this kind (e.g. HTTPRoute needs Gateway API's CRDs)."""
+        known = self._served.get(kind)
+        if known is not None and time.monotonic() - known[1] < DISCOVERY_TTL_SECONDS:
+            return known[0]
         try:
             self._resource(api_version, kind)
+            served = True
         except ResourceNotFoundError:
-            return False
-        return True
+            served = False
+        self._served[kind] = (served, time.monotonic())
+        return served
 
     def get_isvc(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -96,15 +106,11 @@ class Cluster:
         """Objects labelled as this InferenceService's, by (kind, name)."""
         found: dict[tuple[str, str], dict[str, Any]] = {}
         for api_version, kind in OWNED_KINDS:
-            if kind in self._missing:
-                continue
-            try:
-                items = self._resource(api_version, kind).get(
-                    namespace=namespace, label_selector=f"{ISVC_LABEL}={name}"
-                )
-            except ResourceNotFoundError:
-                self._missing.add(kind)  # CRD not installed: nothing of this kind can exist
-                continue
+            if not self.installed(api_version, kind):
+                continue  # CRD not installed: nothing of this kind can exist
+            items = self._resource(api_version, kind).get(
+                namespace=namespace, label_selector=f"{ISVC_LABEL}={name}"
+            )
             for item in items.items:
                 obj = dict(item.to_dict())
                 obj.setdefault("kind", kind)

@@ -7,12 +7,14 @@ the admin kubeconfig). Used by `kinfer demo` and the e2e tests.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import urllib.request
 from dataclasses import dataclass, field
@@ -26,6 +28,9 @@ from kinfer.manifests import SERVICE_ACCOUNT, peering, peering_crds, rbac
 from kinfer.render import to_yaml
 
 OPERATOR_NAMESPACE = "kinfer-system"
+# Gateway API CRDs come from their Go module (the proxy serves them; no release download).
+GATEWAY_API_MODULE = "sigs.k8s.io/gateway-api"
+GATEWAY_API_VERSION = "v1.2.1"
 
 
 def kubectl_binary() -> str:
@@ -59,6 +64,31 @@ def install(kubeconfig: Path) -> None:
     kubectl(kubeconfig, "apply", "--server-side", "-f", "-", input=to_yaml(objects))
 
 
+def gateway_api_crds() -> list[Path]:
+    """The standard-channel Gateway API CRD files, from the Go module cache."""
+    from kinfer.testbed import install as testbed_install
+
+    module = f"{GATEWAY_API_MODULE}@{GATEWAY_API_VERSION}"
+    with tempfile.TemporaryDirectory() as scratch:
+        # `go mod download` needs a module to run in; an empty one is enough.
+        (Path(scratch) / "go.mod").write_text("module kinfer.local/gatewayapi\n")
+        out = subprocess.run(
+            ["go", "mod", "download", "-json", module], cwd=scratch, env=testbed_install.go_env(),
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"go mod download {module} failed:\n{out.stdout}{out.stderr}")
+    folder = Path(json.loads(out.stdout)["Dir"]) / "config" / "crd" / "standard"
+    return sorted(folder.glob("gateway.networking.k8s.io_*.yaml"))
+
+
+def install_gateway_api(kubeconfig: Path) -> None:
+    for crd in gateway_api_crds():
+        kubectl(kubeconfig, "apply", "--server-side", "-f", str(crd))
+    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/httproutes.gateway.networking.k8s.io")  # fmt: skip
+
+
 def operator_kubeconfig(admin_kubeconfig: Path, out: Path, hours: int = 12) -> Path:
     """A kubeconfig with the admin's server and CA and a token of the operator's ServiceAccount."""
     token = kubectl(
@@ -71,9 +101,7 @@ def operator_kubeconfig(admin_kubeconfig: Path, out: Path, hours: int = 12) -> P
         "kind": "Config",
         "clusters": [{"name": "local", "cluster": admin["clusters"][0]["cluster"]}],
         "users": [{"name": SERVICE_ACCOUNT, "user": {"token": token}}],
-        "contexts": [
-            {"name": "operator", "context": {"cluster": "local", "user": SERVICE_ACCOUNT}}
-        ],
+        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": SERVICE_ACCOUNT}}],
         "current-context": "operator",
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +136,40 @@ def make_model(directory: Path, seed: int = 0) -> Path:
             check=True,
             timeout=600,
         )
+    return directory
+
+
+_FAILING_MODEL = textwrap.dedent(
+    """
+    import numpy as np
+
+
+    class Model:
+        \"\"\"Answers the warm-up (zeros) and fails every real request: a canary gone wrong.\"\"\"
+
+        def __init__(self, signature, device):
+            self.signature = signature
+
+        def forward(self, inputs):
+            x = inputs["x"]
+            if np.any(x != 0):
+                raise RuntimeError("this model version is broken")
+            return {"y": np.zeros((x.shape[0], 4), dtype=np.float32)}
+    """
+)
+
+
+def make_failing_model(directory: Path) -> Path:
+    """A python-format model with the MLP's signature that fails on any non-zero input."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "model.py").write_text(_FAILING_MODEL)
+    (directory / "signature.json").write_text(
+        json.dumps({
+            "format": "python", "entrypoint": "Model", "max_batch_size": 32,
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 8]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
+        })
+    )  # fmt: skip
     return directory
 
 

@@ -68,6 +68,9 @@ def reconcile(
             outcome.events.append(("Warning", "InvalidSpec", message))
         return outcome
 
+    if config.gateway_api is None:
+        served = cluster.installed("gateway.networking.k8s.io/v1", "HTTPRoute")
+        config = config.model_copy(update={"gateway_api": served})
     try:
         desired = render(isvc, config)
     except ValidationError as exc:  # problems() covers the same model; keep the message anyway

@@ -35,8 +35,9 @@ class OperatorConfig(BaseModel):
     triton_image: str = "nvcr.io/nvidia/tritonserver:24.08-py3"
     """Image for runtime.server triton when the spec leaves runtime.image empty."""
 
-    gateway_api: bool = False
-    """Render HTTPRoutes for canary weights and A/B headers (Gateway API installed)."""
+    gateway_api: bool | None = None
+    """Render HTTPRoutes for canary weights and A/B headers. None: when the cluster serves the
+    HTTPRoute kind (Gateway API installed); True/False: always/never."""
 
     gateway: GatewayRef = GatewayRef()
 

@@ -21,11 +21,15 @@ class FakeCluster:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.pod_list: list[dict[str, Any]] = []
         self.writes: list[str] = []
+        self.served: set[str] = set()  # CRD-defined kinds the fake cluster serves
         self._version = 0
 
     def _bump(self) -> str:
         self._version += 1
         return str(self._version)
+
+    def installed(self, api_version: str, kind: str) -> bool:
+        return kind in self.served
 
     def get_isvc(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.isvc)

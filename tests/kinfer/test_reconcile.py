@@ -121,3 +121,15 @@ def test_invalid_spec_touches_nothing_and_says_why() -> None:
     assert (status, reason) == ("False", "InvalidSpec")
     assert outcome.events[0][1] == "InvalidSpec"
     assert "spec.scaling.minReplicas" in outcome.events[0][2]
+
+
+def test_httproute_follows_whether_the_cluster_serves_gateway_api() -> None:
+    cluster = FakeCluster(load(ROOT / "examples" / "gpu-canary.yaml"))
+    reconcile(cluster, CONFIG, "search", "ranker", T0)
+    assert ("HTTPRoute", "ranker") not in cluster.objects
+    cluster.served.add("HTTPRoute")
+    reconcile(cluster, CONFIG, "search", "ranker", T0)
+    assert ("HTTPRoute", "ranker") in cluster.objects
+    forced_off = CONFIG.model_copy(update={"gateway_api": False})
+    outcome = reconcile(cluster, forced_off, "search", "ranker", T0)
+    assert ("HTTPRoute", "ranker") in outcome.deleted

@@ -280,7 +280,7 @@ def render(isvc: dict[str, Any], config: OperatorConfig) -> list[dict[str, Any]]
     ]
     services = [{"name": name, "labels": labels, "selector": isvc_selector}]
     canary = spec.rollout.canary
-    routed = canary is not None and config.gateway_api
+    routed = canary is not None and bool(config.gateway_api)
     if routed:
         # HTTPRoute backends: one Service per track, so the route can weigh them.
         services += [
