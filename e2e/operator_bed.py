@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kinfer.local import OperatorProcess, install, make_model, operator_kubeconfig
+from kinfer.local import OperatorProcess, install, install_gateway_api, make_model, operator_kubeconfig
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = Path("/tmp/kinfer-e2e-models")
@@ -91,6 +91,8 @@ class Setup:
 def setup(testbed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     logs = tmp_path_factory.mktemp("operator")
     install(testbed.kubeconfig)
+    # HTTPRoute served: the operator detects it and renders routes (no Gateway controller runs).
+    install_gateway_api(testbed.kubeconfig)
     kubeconfig = operator_kubeconfig(testbed.kubeconfig, logs / "operator.kubeconfig")
     model = make_model(MODELS / "mlp")
     bed = Setup(testbed, kubeconfig, model, None, logs)  # type: ignore[arg-type]

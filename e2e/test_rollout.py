@@ -1,0 +1,244 @@
+"""Canary and A/B rollouts end to end: real runtime pods, real Prometheus analysis, real restarts.
+
+Traffic is split by replica ratio behind the one Service (no Gateway controller runs on the test
+bed); a load client spreads requests over the Service's ready endpoints, as kube-proxy would, and
+records which track answered, so the observed canary share is checked at each step.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kinfer.local import make_failing_model, make_model
+from operator_bed import MODELS, Setup, example
+
+pytestmark = pytest.mark.e2e
+
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+BODY = json.dumps(
+    {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8}]}
+).encode()
+REPLICAS = 4
+
+
+def _service(name: str, stable: Path, canary: Path, steps: list[int], step_seconds: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "kinfer.dev/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": f"file://{stable}"},
+            "resources": {"cpu": "100m", "memory": "256Mi"},
+            "scaling": {"mode": "fixed", "minReplicas": REPLICAS, "maxReplicas": REPLICAS},
+            "rollout": {
+                "canary": {
+                    "model": {"uri": f"file://{canary}"},
+                    "steps": steps,
+                    "stepSeconds": step_seconds,
+                    "analysis": {"minRequests": 5, "maxErrorRate": 0.05, "maxP95LatencyMs": 2000},
+                }
+            },
+        },
+    }
+
+
+class Traffic:
+    """Requests over the Service's ready endpoints, each tagged with the track that answered and
+    the canary weight in status at that moment (only while all replicas are ready)."""
+
+    def __init__(self, setup: Setup, namespace: str, name: str) -> None:
+        self.setup, self.namespace, self.name = setup, namespace, name
+        self.stop = threading.Event()
+        self.track_of: dict[str, str] = {}
+        self.weight: int | None = None
+        self.steady = False
+        self.by_weight: dict[int, Counter[str]] = {}
+        self.codes: Counter[int] = Counter()
+
+    def _refresh(self) -> None:
+        while not self.stop.is_set():
+            pods = self.setup.get(self.namespace, f"pods -l kinfer.dev/isvc={self.name}")
+            ready = {
+                p["status"]["podIP"]: p["metadata"]["labels"]["kinfer.dev/track"]
+                for p in pods.get("items", [])
+                if p.get("status", {}).get("podIP")
+                and any(
+                    c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", [])
+                )
+                and not p["metadata"].get("deletionTimestamp")
+            }
+            canary = (self.setup.get(self.namespace, f"kisvc/{self.name}").get("status") or {}).get(
+                "canary"
+            ) or {}
+            self.track_of = ready
+            self.steady = len(ready) == REPLICAS and canary.get("phase") == "Progressing"
+            self.weight = canary.get("weight") if self.steady else None
+            self.stop.wait(1)
+
+    def _client(self, index: int, deadline: float) -> None:
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            ips = sorted(self.track_of)
+            if not ips:
+                time.sleep(0.2)
+                continue
+            ip = ips[index % len(ips)]
+            index += 1
+            weight, track = self.weight, self.track_of.get(ip)
+            request = urllib.request.Request(
+                f"http://{ip}:8080/v2/models/{self.name}/infer", data=BODY, method="POST",
+                headers={"Content-Type": "application/json"},
+            )  # fmt: skip
+            try:
+                with DIRECT.open(request, timeout=10) as resp:
+                    resp.read()
+                    code = resp.status
+            except urllib.error.HTTPError as err:
+                code = err.code
+            except OSError:
+                code = 0
+            self.codes[code] += 1
+            if weight is not None and track is not None and code:
+                self.by_weight.setdefault(weight, Counter())[track] += 1
+            time.sleep(0.02)
+
+    @contextmanager
+    def running(self, seconds: float, clients: int = 4) -> Iterator[Traffic]:
+        deadline = time.monotonic() + seconds
+        threads = [threading.Thread(target=self._refresh, daemon=True)]
+        threads += [
+            threading.Thread(target=self._client, args=(i, deadline), daemon=True) for i in range(clients)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            yield self
+        finally:
+            self.stop.set()
+            for t in threads:
+                t.join(15)
+
+
+def _canary(setup: Setup, namespace: str, name: str) -> dict[str, Any]:
+    return (setup.get(namespace, f"kisvc/{name}").get("status") or {}).get("canary") or {}
+
+
+def _events(setup: Setup, namespace: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = json.loads(
+        setup.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    )["items"]
+    return items
+
+
+def test_good_canary_is_promoted_and_traffic_follows_each_step(
+    setup: Setup, namespace: str, wait_for: Any
+) -> None:
+    stable, canary = make_model(MODELS / "mlp"), make_model(MODELS / "mlp-v2", seed=1)
+    setup.apply(namespace, _service("ranker", stable, canary, [25, 50, 100], 20))
+    traffic = Traffic(setup, namespace, "ranker")
+    with traffic.running(300):
+        wait_for(
+            lambda: _canary(setup, namespace, "ranker").get("phase") == "Succeeded",
+            300,
+            describe=lambda: f"canary Succeeded (traffic {traffic.codes})\n" + setup.why(namespace),
+            interval=1,
+        )
+    setup.kubectl(
+        "wait", "-n", namespace, "--for=condition=RolloutSucceeded", "kisvc/ranker", "--timeout=10s"
+    )
+    for weight in (25, 50):
+        seen = traffic.by_weight.get(weight, Counter())
+        total = sum(seen.values())
+        assert total >= 20, f"too few requests at weight {weight}: {seen}"
+        share = 100 * seen["canary"] / total
+        assert abs(share - weight) <= 10, f"weight {weight}: canary answered {share:.0f}% of {total}"
+    reasons = [e["reason"] for e in _events(setup, namespace)]
+    assert reasons.count("CanaryStep") >= 2 and "CanarySucceeded" in reasons, reasons
+    deployments = {
+        d["metadata"]["name"]: d["spec"]["replicas"] for d in setup.get(namespace, "deployments")["items"]
+    }
+    assert deployments == {"ranker": 0, "ranker-canary": REPLICAS}
+
+
+def test_failing_canary_is_rolled_back_with_the_metric_named(
+    setup: Setup, namespace: str, wait_for: Any
+) -> None:
+    stable, broken = make_model(MODELS / "mlp"), make_failing_model(MODELS / "broken")
+    setup.apply(namespace, _service("ranker", stable, broken, [50, 100], 20))
+    traffic = Traffic(setup, namespace, "ranker")
+    with traffic.running(240):
+        wait_for(
+            lambda: _canary(setup, namespace, "ranker").get("phase") == "Failed",
+            240,
+            describe=lambda: f"canary Failed (traffic {traffic.codes})\n" + setup.why(namespace),
+            interval=1,
+        )
+    rollback = [e for e in _events(setup, namespace) if e["reason"] == "CanaryRollingBack"]
+    assert rollback and rollback[0]["type"] == "Warning"
+    assert "error rate" in rollback[0]["message"], rollback[0]["message"]
+    cond = setup.condition(namespace, "ranker", "RolloutSucceeded")
+    assert (cond["status"], cond["reason"]) == ("False", "RolledBack")
+    wait_for(
+        lambda: (
+            setup.get(namespace, "deployment/ranker-canary")["spec"]["replicas"] == 0
+            and setup.get(namespace, "deployment/ranker")["spec"]["replicas"] == REPLICAS
+        ),
+        30,
+        describe=lambda: "all replicas back on stable\n" + setup.why(namespace),
+    )
+
+
+def test_rollout_resumes_at_its_step_after_the_operator_is_killed(
+    setup: Setup, namespace: str, wait_for: Any
+) -> None:
+    stable, canary = make_model(MODELS / "mlp"), make_model(MODELS / "mlp-v2", seed=1)
+    setup.apply(namespace, _service("ranker", stable, canary, [25, 50, 100], 30))
+    traffic = Traffic(setup, namespace, "ranker")
+    with traffic.running(360):
+        reached = wait_for(
+            lambda: (c := _canary(setup, namespace, "ranker")).get("step", 0) >= 1 and c,
+            240,
+            describe=lambda: "the rollout at its second step\n" + setup.why(namespace),
+            interval=1,
+        )
+        setup.operator.stop(signal.SIGKILL)
+        time.sleep(5)  # nothing may move while no operator runs
+        assert _canary(setup, namespace, "ranker")["step"] == reached["step"]
+        setup.operator = setup.start_operator("operator-after-kill.log", "--priority", "100")
+        steps_seen: list[int] = []
+
+        def finished() -> bool:
+            state = _canary(setup, namespace, "ranker")
+            steps_seen.append(int(state.get("step", 0)))
+            return state.get("phase") == "Succeeded"
+
+        wait_for(
+            finished, 300, describe=lambda: "Succeeded after the restart\n" + setup.why(namespace), interval=1
+        )
+    assert min(steps_seen) >= reached["step"], f"went back from step {reached['step']}: {steps_seen}"
+
+
+def test_ab_test_renders_httproute_header_match(setup: Setup, namespace: str, wait_for: Any) -> None:
+    doc = example("ab-header", setup.model)
+    name = setup.apply(namespace, doc)
+    route = wait_for(
+        lambda: setup.get(namespace, f"httproute/{name}"),
+        60,
+        describe=lambda: "the HTTPRoute\n" + setup.why(namespace),
+    )
+    first, default = route["spec"]["rules"]
+    assert first["matches"][0]["headers"] == [{"type": "Exact", "name": "x-model-variant", "value": "b"}]
+    assert first["backendRefs"][0]["name"] == f"{name}-canary"
+    assert default["backendRefs"][0]["name"] == f"{name}-stable"
+    assert route["metadata"]["ownerReferences"][0]["kind"] == "InferenceService"
