@@ -46,7 +46,7 @@ def test_example_becomes_ready_with_owned_objects(
     gpus = doc["spec"].get("resources", {}).get("gpu", 0)
     for deployment in (o for o in owned if o["kind"] == "Deployment"):
         limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
-        assert limits.get("nvidia.com/gpu", 0) == gpus
+        assert int(limits.get("nvidia.com/gpu", 0)) == gpus
     if gpus:
         pods = setup.get(namespace, f"pods -l kinfer.dev/isvc={isvc}")["items"]
         nodes = {p["spec"].get("nodeName") for p in pods}

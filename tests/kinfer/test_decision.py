@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -111,6 +111,18 @@ def test_by_latency(p95: float | None, ready: int, want: int) -> None:
 def test_by_latency_uses_the_pool_behind_the_p95() -> None:
     window = MetricsWindow(sampled_at=T0, p95_latency_ms=1000, ready_replicas=8, latency_replicas=2)
     assert by_latency(SPEC, window) == 8  # 2 pods x 4, not 8 pods x 4
+
+
+def test_by_latency_does_not_chase_a_drained_backlog() -> None:
+    # The pool grew from 3 to 24 during the window; the p95 is from the backlog the 3 built.
+    drained = MetricsWindow(
+        sampled_at=T0, queue_depth=15, p95_latency_ms=2500, ready_replicas=24, latency_replicas=3
+    )  # 15 rows over 24 pods: within target
+    assert by_latency(SPEC, drained) == 24  # hold the ready pods, not 3 x 2500/250 = 30
+    backlog = replace(drained, queue_depth=24 * 4 + 1)  # still over target: the p95 is evidence
+    assert by_latency(SPEC, backlog) == 30
+    stable = MetricsWindow(sampled_at=T0, p95_latency_ms=500, ready_replicas=3, latency_replicas=3)
+    assert by_latency(SPEC, stable) == 6  # a pool that did not change: the p95 is its own
 
 
 def test_track_demand_and_idle() -> None:

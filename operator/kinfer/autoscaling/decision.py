@@ -145,7 +145,9 @@ def by_latency(spec: Scaling, window: MetricsWindow) -> int:
 
     "Behind the p95" is the fewest ready replicas of the latency window: pods that are starting,
     or joined after the slow requests, must not multiply a latency they did not serve (else each
-    tick after a scale-up would compound the same old p95).
+    tick after a scale-up would compound the same old p95). And when the pool grew during the
+    window and the queue now is within target for the ready pods, the backlog behind that p95
+    is gone: the term asks for no more than the ready pods until the window shows the new pool.
     """
     replicas = _latency_pool(window)
     if window.p95_latency_ms is None or replicas <= 0:
@@ -153,7 +155,19 @@ def by_latency(spec: Scaling, window: MetricsWindow) -> int:
     ratio = window.p95_latency_ms / spec.targets.p95_latency_ms
     if abs(ratio - 1.0) <= LATENCY_TOLERANCE:
         return replicas
-    return max(0, math.ceil(replicas * ratio - _EPS))
+    wanted = max(0, math.ceil(replicas * ratio - _EPS))
+    if _p95_predates_pool(spec, window):
+        # The slow requests were served by the smaller pool of the window's start; the pool that
+        # runs now keeps its queue at target, so that p95 is no evidence against it.
+        return min(wanted, window.ready_replicas)
+    return wanted
+
+
+def _p95_predates_pool(spec: Scaling, window: MetricsWindow) -> bool:
+    """The pool grew during the latency window and the queue now is within target for it."""
+    grew = window.latency_replicas is not None and window.latency_replicas < window.ready_replicas
+    keeping_up = window.queue_depth <= spec.targets.queue_depth_per_replica * window.ready_replicas
+    return grew and keeping_up
 
 
 def _latency_pool(window: MetricsWindow) -> int:
