@@ -32,6 +32,7 @@ from kinfer.settings import OperatorConfig, load_config
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 MANAGED = {"app.kubernetes.io/managed-by": "kinfer"}
+FINALIZER = "kinfer.dev/finalizer"
 RESYNC_SECONDS = 60.0
 ROLLOUT_SECONDS = 10.0
 # Read once at import: kopf registers timers before startup() loads the config file, so the
@@ -94,6 +95,8 @@ def startup(settings: kopf.OperatorSettings, memo: Any, logger: Logger, **_: Any
     # A killed leader's peering record expires after this; a standby takes over within it.
     settings.peering.lifetime = 15
     settings.execution.max_workers = 8
+    # kopf's timers need a finalizer on each InferenceService; give it our own name.
+    settings.persistence.finalizer = FINALIZER
     config = load_config(CONFIG_PATH)
     memo.runtime = Runtime(
         cluster=Cluster(load_client_config()),

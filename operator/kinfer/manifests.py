@@ -18,7 +18,9 @@ OPERATOR_LABELS = {
 # What the reconciler, the autoscaler and the rollout do, and nothing more. Owned objects are
 # applied (create + patch), pruned (delete) and watched; pods only read; Secrets never.
 OWNED_RULES: list[dict[str, Any]] = [
-    {"apiGroups": [api.GROUP], "resources": [api.PLURAL], "verbs": ["get", "list", "watch"]},
+    # patch: only kopf's finalizer (metadata.finalizers), which stops the per-object timers
+    # cleanly on deletion; the operator never writes spec.
+    {"apiGroups": [api.GROUP], "resources": [api.PLURAL], "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": [api.GROUP], "resources": [f"{api.PLURAL}/status"], "verbs": ["get", "patch"]},
     {
         "apiGroups": ["apps"],

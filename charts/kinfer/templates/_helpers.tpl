@@ -45,7 +45,7 @@ patch), pruned (delete) and watched; pods only read; Secrets never.
 {{- define "kinfer.ownedRules" -}}
 - apiGroups: [kinfer.dev]
   resources: [inferenceservices]
-  verbs: [get, list, watch]
+  verbs: [get, list, watch, patch]
 - apiGroups: [kinfer.dev]
   resources: [inferenceservices/status]
   verbs: [get, patch]
