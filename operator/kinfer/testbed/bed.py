@@ -38,6 +38,18 @@ def default_state_dir() -> Path:
     return Path(os.environ.get("KINFER_TESTBED_STATE", "/tmp/kinfer-testbed"))
 
 
+# One test bed per machine: they would share the bridge and the pod range. This file names the
+# state dir of the one that is up.
+ACTIVE = Path("/tmp/kinfer-testbed.active")
+
+
+def active_state() -> Path | None:
+    try:
+        return Path(ACTIVE.read_text().strip())
+    except OSError:
+        return None
+
+
 class StartupError(RuntimeError):
     pass
 
@@ -256,6 +268,13 @@ def up(state: Path, echo: Callable[[str], None] = print) -> Bed:
     missing = install.missing(helm=False)
     if missing:
         raise StartupError("missing binaries (run `kinfer dev install`): " + ", ".join(missing))
+    other = active_state()
+    if other is not None and other.resolve() != state.resolve() and Bed(other).running():
+        raise StartupError(
+            f"a test bed is already running in {other} (one per machine): use it, "
+            f"or stop it with `kinfer dev down --state {other}`"
+        )
+    ACTIVE.write_text(str(state.resolve()))
     t0 = time.monotonic()
     for sub in ("etcd", "prometheus", "pods", "procs", "logs"):  # a fresh cluster each time
         _rmtree(state / sub)
@@ -369,7 +388,10 @@ def down(state: Path, echo: Callable[[str], None] = print, keep_logs: bool = Fal
     for name in ORDER[1:]:
         if name in by_name:
             stop([by_name[name]], grace=10)
-    network.bridge_down()
+    active = active_state()
+    if active is None or active == state.resolve():  # the bridge is this bed's, not another's
+        network.bridge_down()
+        ACTIVE.unlink(missing_ok=True)
     if not keep_logs:
         for sub in ("etcd", "prometheus", "pods", "procs"):
             _rmtree(state / sub)

@@ -13,7 +13,8 @@ Restart policy (kubelet-like, shorter delays for tests): a container that exits 
 when restartPolicy is Always, or OnFailure and it failed; restartCount grows and the restart
 waits a back-off of 1 s, doubling per crash up to 30 s (reset after 60 s of running); meanwhile
 the container shows `waiting: CrashLoopBackOff`. A failing liveness probe kills the container
-(same back-off). With Never (or OnFailure and exit 0) it stays terminated; once all containers
+(same back-off); a startup probe holds readiness and liveness until it passes, and restarts the
+container when it fails. With Never (or OnFailure and exit 0) it stays terminated; once all containers
 are, the pod phase becomes Succeeded (all exit 0) or Failed.
 
 Only allow-listed commands run: python (run with the launcher's own interpreter, so the
@@ -45,6 +46,7 @@ from typing import Any
 
 from kinfer.testbed import network, nodes
 from kinfer.testbed.kube import Kube, KubeError, Obj, pod_path
+from kinfer.testbed.procs import start_time
 
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
@@ -158,6 +160,8 @@ class Container:
     error: str = ""  # why it cannot run at all
     readiness: Probe | None = None
     liveness: Probe | None = None
+    startup: Probe | None = None  # until it passes, readiness and liveness are not run
+    started_ok: bool = False
 
     @property
     def name(self) -> str:
@@ -243,6 +247,8 @@ class PodRunner:
                 cont.readiness = Probe(c["readinessProbe"])
             if "livenessProbe" in c:
                 cont.liveness = Probe(c["livenessProbe"])
+            if "startupProbe" in c:
+                cont.startup = Probe(c["startupProbe"])
             self.containers.append(cont)
         if not spec.get("hostNetwork"):
             self.netns = network.pod_netns_up(self._uid, self.ip, self._netns_dir)
@@ -281,8 +287,9 @@ class PodRunner:
                 start_new_session=True,
             )
         c.started_at, c.started_iso, c.restart_at = time.monotonic(), now_iso(), None
-        c.ready = c.readiness is None
-        for p in (c.readiness, c.liveness):
+        c.started_ok = c.startup is None
+        c.ready = c.readiness is None and c.started_ok
+        for p in (c.readiness, c.liveness, c.startup):
             if p is not None:
                 p.successes = p.failures = 0
                 p.next_at = c.started_at + int(p.spec.get("initialDelaySeconds", 0))
@@ -295,8 +302,6 @@ class PodRunner:
 
     def _record_proc(self, c: Container) -> None:
         """Let `down` find the process even if the launcher itself is killed."""
-        from kinfer.testbed.procs import start_time
-
         assert c.proc is not None
         st = start_time(c.proc.pid)
         if st is not None:
@@ -309,12 +314,18 @@ class PodRunner:
             code = c.proc.poll()
             if code is not None:
                 self._exited(c, code, now)
+            elif not c.started_ok:
+                assert c.startup is not None
+                if c.startup.due(now):
+                    c.startup.record(self._probe(c, c.startup.spec), now)
+                    if c.startup.successes >= 1:
+                        c.started_ok, c.ready = True, c.readiness is None
+                    elif c.startup.failures >= int(c.startup.spec.get("failureThreshold", 3)):
+                        self._restart_unhealthy(c, "Startup", now)
             elif c.liveness and c.liveness.due(now):
                 c.liveness.record(self._probe(c, c.liveness.spec), now)
                 if c.liveness.failures >= int(c.liveness.spec.get("failureThreshold", 3)):
-                    self._event("Warning", "Unhealthy", f"Liveness probe failed: {c.name}")
-                    self._kill(c, self._grace())
-                    self._exited(c, c.proc.wait(), now)
+                    self._restart_unhealthy(c, "Liveness", now)
             elif c.readiness and c.readiness.due(now):
                 c.readiness.record(self._probe(c, c.readiness.spec), now)
                 if c.readiness.successes >= int(c.readiness.spec.get("successThreshold", 1)):
@@ -324,6 +335,12 @@ class PodRunner:
         elif c.restart_at is not None and now >= c.restart_at:
             c.restarts += 1
             self._start(c)
+
+    def _restart_unhealthy(self, c: Container, probe: str, now: float) -> None:
+        assert c.proc is not None
+        self._event("Warning", "Unhealthy", f"{probe} probe failed: {c.name}")
+        self._kill(c, self._grace())
+        self._exited(c, c.proc.wait(), now)
 
     def _exited(self, c: Container, code: int, now: float) -> None:
         ran = now - c.started_at
@@ -451,7 +468,7 @@ class PodRunner:
             "imageID": "",
             "ready": c.ready,
             "restartCount": c.restarts,
-            "started": c.proc is not None,
+            "started": c.proc is not None and c.started_ok,
         }
         if c.proc is not None:
             st["containerID"] = f"kinfer://{c.proc.pid}"
