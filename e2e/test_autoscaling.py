@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from kinfer.local import make_model
+from kinfer.local import make_slow_model
 from kinfer.testbed import bed
 from operator_bed import MODELS, Setup
 
@@ -125,7 +125,7 @@ def _replicas(setup: Setup, namespace: str) -> int:
 def test_load_scales_up_then_down_and_prometheus_outage_holds(
     setup: Setup, namespace: str, wait_for: Any
 ) -> None:
-    model = make_model(MODELS / "mlp")
+    model = make_slow_model(MODELS / "slow")
     setup.apply(namespace, _service(model))
     setup.wait_ready(wait_for, namespace, "scaler", timeout=90)
 

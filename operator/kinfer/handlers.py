@@ -31,6 +31,9 @@ from kinfer.rollout import tick as rollout
 from kinfer.settings import OperatorConfig, load_config
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
+# Our own log lines, each naming the InferenceService; kopf's per-handler "succeeded" lines are
+# left at DEBUG (see cli.operator) so that the log says what changed, not that a timer ran.
+log = logging.getLogger("kinfer.operator")
 MANAGED = {"app.kubernetes.io/managed-by": "kinfer"}
 FINALIZER = "kinfer.dev/finalizer"
 RESYNC_SECONDS = 60.0
@@ -104,7 +107,7 @@ def startup(settings: kopf.OperatorSettings, memo: Any, logger: Logger, **_: Any
         source=PrometheusSource(config.prometheus_url),
     )
     metrics.serve(METRICS_PORT, METRICS_ADDRESS)
-    logger.info(
+    log.info(
         "kinfer operator started: metrics on %s:%d, config %s",
         METRICS_ADDRESS,
         METRICS_PORT,
@@ -144,7 +147,7 @@ def report(
         metrics.OBJECTS_APPLIED.labels(kind, "deleted").inc()
     changed = [a for a in outcome.applied if a.action != "unchanged"]
     if changed or outcome.deleted or outcome.status_changed:
-        logger.info(
+        log.info(
             "reconciled %s/%s (trigger %s, %.0f ms): %s%s%s",
             namespace,
             name,
@@ -225,7 +228,7 @@ def rollout_timer(namespace: str | None, name: str, memo: Any, logger: Logger, *
         canary = result.status_patch.get("canary", (isvc.get("status") or {}).get("canary"))
         metrics.CANARY_WEIGHT.labels(namespace, name).set((canary or {}).get("weight", 0))
         for event in result.events:
-            logger.info("rollout %s/%s: %s: %s", namespace, name, event.reason, event.message)
+            log.info("rollout %s/%s: %s: %s", namespace, name, event.reason, event.message)
             kopf.event(_owner(isvc), type=event.type, reason=event.reason, message=event.message)
     if result.reapply:
         run_pass(memo, namespace, name, logger, "rollout")
@@ -259,7 +262,7 @@ def autoscale_timer(
         if result.status_patch:
             runtime.cluster.patch_status(namespace, name, result.status_patch)
         for kind, reason, message in result.events:
-            logger.info("autoscale %s/%s: %s: %s", namespace, name, reason, message)
+            log.info("autoscale %s/%s: %s: %s", namespace, name, reason, message)
             kopf.event(_owner(isvc), type=kind, reason=reason, message=message)
     if result.decision.changed:
         metrics.SCALES.labels(

@@ -161,8 +161,34 @@ _FAILING_MODEL = textwrap.dedent(
 
 def make_failing_model(directory: Path) -> Path:
     """A python-format model with the MLP's signature that fails on any non-zero input."""
+    return _python_model(directory, _FAILING_MODEL)
+
+
+_SLOW_MODEL = textwrap.dedent(
+    """
+    import os
+    import time
+
+    import numpy as np
+
+
+    class Model:
+        \"\"\"Takes KINFER_TEST_DELAY_S (default 20 ms) per forward: queues build under load.\"\"\"
+
+        def __init__(self, signature, device):
+            self.delay = float(os.environ.get("KINFER_TEST_DELAY_S", "0.02"))
+
+        def forward(self, inputs):
+            x = inputs["x"]
+            time.sleep(self.delay)
+            return {"y": np.zeros((x.shape[0], 4), dtype=np.float32)}
+    """
+)
+
+
+def _python_model(directory: Path, source: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "model.py").write_text(_FAILING_MODEL)
+    (directory / "model.py").write_text(source)
     (directory / "signature.json").write_text(
         json.dumps({
             "format": "python", "entrypoint": "Model", "max_batch_size": 32,
@@ -171,6 +197,12 @@ def make_failing_model(directory: Path) -> Path:
         })
     )  # fmt: skip
     return directory
+
+
+def make_slow_model(directory: Path) -> Path:
+    """A python-format model with the MLP's signature that sleeps 20 ms per forward, so a few
+    concurrent clients build a real queue without burning CPU."""
+    return _python_model(directory, _SLOW_MODEL)
 
 
 def free_port() -> int:

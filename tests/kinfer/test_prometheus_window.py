@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -122,7 +123,12 @@ class _Prometheus(BaseHTTPRequestHandler):
     body: ClassVar[dict[str, object]] = {}
 
     def do_GET(self) -> None:
-        query = parse_qs(urlparse(self.path).query)["query"][0]
+        params = parse_qs(urlparse(self.path).query)
+        query = params["query"][0]
+        # Prometheus refuses a duration with a decimal point ("2.0s") with HTTP 400: so do we.
+        if not re.fullmatch(r"[0-9]+(ms|s|m)", params.get("timeout", ["1s"])[0]):
+            self.send_error(400, "invalid parameter timeout")
+            return
         time.sleep(self.delay)
         payload = json.dumps(
             {

@@ -117,7 +117,10 @@ class PrometheusSource:
     def scalar(self, promql: str) -> float | None:
         try:
             result = self._client.custom_query(
-                promql, params={"timeout": f"{self._timeout}s"}, timeout=self._timeout
+                # Prometheus durations take no decimal point: "2.0s" is refused, "2000ms" is not.
+                promql,
+                params={"timeout": f"{round(self._timeout * 1000)}ms"},
+                timeout=self._timeout,
             )
         except Exception as err:  # requests and client errors alike: Prometheus could not answer
             raise MetricsUnavailable(f"{type(err).__name__}: {err}") from err
