@@ -148,7 +148,7 @@ _FAILING_MODEL = textwrap.dedent(
         \"\"\"Answers the warm-up (zeros) and fails every real request: a canary gone wrong.\"\"\"
 
         def __init__(self, signature, device):
-            self.signature = signature
+            self.signature, self.device = signature, device
 
         def forward(self, inputs):
             x = inputs["x"]
@@ -176,6 +176,7 @@ _SLOW_MODEL = textwrap.dedent(
         \"\"\"Takes KINFER_TEST_DELAY_S (default 20 ms) per forward: queues build under load.\"\"\"
 
         def __init__(self, signature, device):
+            self.signature, self.device = signature, device
             self.delay = float(os.environ.get("KINFER_TEST_DELAY_S", "0.02"))
 
         def forward(self, inputs):
