@@ -136,8 +136,20 @@ def test_load_scales_up_then_down_and_prometheus_outage_holds(
             describe=lambda: f"scale-up to >= 3 under load ({counts})\n" + setup.why(namespace),
             interval=1,
         )
-        status = setup.get(namespace, "kisvc/scaler")["status"]
-        assert status["metrics"]["requestsPerSecond"] > 0, status
+        # status.metrics shows what Prometheus reads (the request rate needs two scrapes).
+        status = wait_for(
+            lambda: (
+                (st := setup.get(namespace, "kisvc/scaler")["status"])
+                .get("metrics", {})
+                .get("requestsPerSecond", 0)
+                > 0
+                and st
+            ),
+            30,
+            describe=lambda: "status.metrics with a request rate\n" + setup.why(namespace),
+            interval=1,
+        )
+        assert status["metrics"]["queueDepth"] >= 0 and "sampledAt" in status["metrics"], status
         assert "queue depth" in status["lastScaleReason"], status
         assert counts["ok"] > 0
         peak = _replicas(setup, namespace)
