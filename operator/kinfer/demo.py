@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,9 +65,7 @@ def _ensure_bed(state: Path, echo: Echo) -> Path:
     from kinfer.testbed import bed, install
 
     if install.missing():
-        echo(
-            "kinfer demo: building the test bed from Go modules (first run only; see docs/testbed.md)"
-        )
+        echo("kinfer demo: building the test bed from Go modules (first run only; see docs/testbed.md)")
         install.install_all()
     current = bed.Bed(state)
     if not current.running():
@@ -100,9 +99,7 @@ def up(state: Path, canary: bool, echo: Echo, timeout: float = 240) -> bool:
         ).start()  # fmt: skip
         assert operator.proc is not None
         pidfile.write_text(str(operator.proc.pid))
-        echo(
-            f"kinfer demo: operator started (pid {operator.proc.pid}, log {work / 'operator.log'})"
-        )
+        echo(f"kinfer demo: operator started (pid {operator.proc.pid}, log {work / 'operator.log'})")
     echo("kinfer demo: writing a small TorchScript model")
     model = local.make_model(work / "models" / "mlp-v1", seed=0)
     canary_model = local.make_model(work / "models" / "mlp-v2", seed=1) if canary else None
@@ -112,12 +109,9 @@ def up(state: Path, canary: bool, echo: Echo, timeout: float = 240) -> bool:
     echo(f"kinfer demo: applied InferenceService {NAMESPACE}/{NAME}; waiting for Ready")
 
     def ready() -> bool:
-        out = local.kubectl(
-            kubeconfig, "get", "kisvc", NAME, "-n", NAMESPACE, "-o", "json", check=False
-        )
+        out = local.kubectl(kubeconfig, "get", "kisvc", NAME, "-n", NAMESPACE, "-o", "json", check=False)
         return (
-            out.returncode == 0
-            and local.condition(json.loads(out.stdout), "Ready").get("status") == "True"
+            out.returncode == 0 and local.condition(json.loads(out.stdout), "Ready").get("status") == "True"
         )
 
     ok = _wait(ready, timeout)
@@ -126,24 +120,46 @@ def up(state: Path, canary: bool, echo: Echo, timeout: float = 240) -> bool:
         echo(local.kubectl(kubeconfig, *args, check=False).stdout.rstrip())
     if not ok:
         echo(f"\nkinfer demo: not Ready after {timeout:.0f} s. Look at:")
-        echo(
-            local.kubectl(
-                kubeconfig, "describe", "kisvc", NAME, "-n", NAMESPACE, check=False
-            ).stdout
-        )
+        echo(local.kubectl(kubeconfig, "describe", "kisvc", NAME, "-n", NAMESPACE, check=False).stdout)
         echo(f"operator log: {work / 'operator.log'}")
         return False
+    echo(_first_inference(kubeconfig))
     echo(
         f"""
-kinfer demo: {NAMESPACE}/{NAME} is Ready on a fake GPU node; its pod is a real kinfer-runtime process.
-Next:
-  eval "$(kinfer dev env)"                       # KUBECONFIG, KINFER_PROMETHEUS_URL, kubectl on PATH
-  kubectl describe kisvc {NAME} -n {NAMESPACE}          # conditions and events
+kinfer demo: {NAMESPACE}/{NAME} is Ready on a fake GPU node; its pod is a real kinfer-runtime
+process in a network namespace of its own. Next:
+  eval "$(kinfer dev env)"                      # KUBECONFIG, KINFER_PROMETHEUS_URL, kubectl
+  kubectl describe kisvc {NAME} -n {NAMESPACE}  # conditions and events
   kubectl get events -n {NAMESPACE} --sort-by=.lastTimestamp
+  kinfer explain-scale {NAME} -n {NAMESPACE}    # what the autoscaler decides, and why
   less {work / "operator.log"}
-  kinfer demo --down                             # remove the demo (kinfer dev down stops the test bed)"""
+  kinfer demo --down                            # remove the demo; `kinfer dev down` stops the bed"""
     )
     return True
+
+
+def _first_inference(kubeconfig: Path) -> str:
+    """One Open Inference Protocol v2 request to a ready pod, shown as a user would send it."""
+    pods = json.loads(
+        local.kubectl(kubeconfig, "get", "pods", "-n", NAMESPACE, "-l", f"kinfer.dev/isvc={NAME}",
+                      "-o", "json").stdout
+    )["items"]  # fmt: skip
+    ips = [p["status"]["podIP"] for p in pods if p.get("status", {}).get("podIP")]
+    if not ips:
+        return "kinfer demo: no pod IP to send a request to"
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8}]}
+    url = f"http://{ips[0]}:8080/v2/models/{NAME}/infer"
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    # The pod IP lives in a network namespace the test bed made; never through a proxy.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=10) as resp:
+            answer = resp.read().decode()
+    except OSError as err:
+        return f"kinfer demo: POST {url} failed: {err}"
+    return f"\n$ curl -X POST {url} -d '{json.dumps(body)}'\n{answer}"
 
 
 def down(state: Path, echo: Echo) -> None:

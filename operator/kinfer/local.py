@@ -112,8 +112,10 @@ def operator_kubeconfig(admin_kubeconfig: Path, out: Path, hours: int = 12) -> P
 
 _MODEL_SCRIPT = textwrap.dedent(
     """
-    import json, sys, torch
+    import json, sys, warnings
     from pathlib import Path
+    warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script's deprecation notice
+    import torch
     out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(int(sys.argv[2]))
     net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
