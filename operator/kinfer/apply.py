@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import kubernetes
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+from kubernetes.dynamic.exceptions import ForbiddenError, NotFoundError, ResourceNotFoundError
 
 from kinfer.api import v1alpha1 as api
 
@@ -35,6 +36,10 @@ OWNED_KINDS: tuple[tuple[str, str], ...] = (
 DISCOVERY_TTL_SECONDS = 60.0
 
 log = logging.getLogger(__name__)
+
+
+class NamespaceTerminating(Exception):
+    """The namespace is being deleted: nothing new may be created in it, nor is needed."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class ClusterAPI(Protocol):
     def owned(self, namespace: str, name: str) -> dict[tuple[str, str], dict[str, Any]]: ...
     def apply(self, obj: dict[str, Any], before: dict[str, Any] | None) -> Applied: ...
     def delete(self, obj: dict[str, Any]) -> None: ...
+    def deployments(self, namespace: str, name: str) -> list[dict[str, Any]]: ...
     def pods(self, namespace: str, name: str) -> list[dict[str, Any]]: ...
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
 
@@ -78,9 +84,19 @@ class Cluster:
         self.dyn = DynamicClient(client)  # type: ignore[no-untyped-call]
         # kind -> (served?, when checked): a CRD installed later is noticed within a minute.
         self._served: dict[str, tuple[bool, float]] = {}
+        self._resources: dict[tuple[str, str], Any] = {}
+        # The DynamicClient's discovery cache is not thread-safe (kopf runs handlers in threads):
+        # look kinds up under a lock, once, and keep what was found.
+        self._discovery = threading.Lock()
 
     def _resource(self, api_version: str, kind: str) -> Any:
-        return self.dyn.resources.get(api_version=api_version, kind=kind)
+        key = (api_version, kind)
+        found = self._resources.get(key)
+        if found is None:
+            with self._discovery:
+                found = self._resources.get(key) or self.dyn.resources.get(api_version=api_version, kind=kind)
+                self._resources[key] = found
+        return found
 
     def installed(self, api_version: str, kind: str) -> bool:
         """Whether the cluster serves this kind (e.g. HTTPRoute needs Gateway API's CRDs)."""
@@ -121,12 +137,17 @@ class Cluster:
     def apply(self, obj: dict[str, Any], before: dict[str, Any] | None) -> Applied:
         """Server-side apply as field manager kinfer. An unchanged object is not written."""
         resource = self._resource(obj["apiVersion"], obj["kind"])
-        after = resource.server_side_apply(
-            body=obj,
-            namespace=obj["metadata"]["namespace"],
-            field_manager=FIELD_MANAGER,
-            force_conflicts=True,
-        )
+        try:
+            after = resource.server_side_apply(
+                body=obj,
+                namespace=obj["metadata"]["namespace"],
+                field_manager=FIELD_MANAGER,
+                force_conflicts=True,
+            )
+        except ForbiddenError as exc:
+            if "NamespaceTerminating" in str(exc.body):
+                raise NamespaceTerminating(obj["metadata"]["namespace"]) from exc
+            raise
         if before is None:
             action = "created"
         elif before["metadata"]["resourceVersion"] != after.metadata.resourceVersion:
@@ -140,11 +161,17 @@ class Cluster:
         with contextlib.suppress(NotFoundError):
             resource.delete(name=obj["metadata"]["name"], namespace=obj["metadata"]["namespace"])
 
-    def pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
-        items = self._resource("v1", "Pod").get(
+    def _labelled(self, api_version: str, kind: str, namespace: str, name: str) -> list[dict[str, Any]]:
+        items = self._resource(api_version, kind).get(
             namespace=namespace, label_selector=f"{ISVC_LABEL}={name}"
         )
         return [dict(p.to_dict()) for p in items.items]
+
+    def deployments(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        return self._labelled("apps/v1", "Deployment", namespace, name)
+
+    def pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        return self._labelled("v1", "Pod", namespace, name)
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self._resource(api.API_VERSION, api.KIND).status.patch(

@@ -36,7 +36,8 @@ Logger = logging.Logger | logging.LoggerAdapter[Any]
 log = logging.getLogger("kinfer.operator")
 MANAGED = {"app.kubernetes.io/managed-by": "kinfer"}
 FINALIZER = "kinfer.dev/finalizer"
-RESYNC_SECONDS = 60.0
+# Watches repair drift within seconds; the resync is only a safety net for a missed event.
+RESYNC_SECONDS = 300.0
 ROLLOUT_SECONDS = 10.0
 # Read once at import: kopf registers timers before startup() loads the config file, so the
 # interval comes from the environment (KINFER_AUTOSCALE_INTERVAL_SECONDS) or this default.
@@ -134,9 +135,7 @@ def run_pass(memo: Any, namespace: str, name: str, logger: Logger, trigger: str)
         report(outcome, namespace, name, logger, trigger, elapsed)
 
 
-def report(
-    outcome: Outcome, namespace: str, name: str, logger: Logger, trigger: str, elapsed: float
-) -> None:
+def report(outcome: Outcome, namespace: str, name: str, logger: Logger, trigger: str, elapsed: float) -> None:
     if outcome.result == "gone":
         metrics.forget(namespace, name)
     elif "desiredReplicas" in outcome.status:
@@ -176,9 +175,7 @@ def _owner(isvc: dict[str, Any]) -> kopf.Body:
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-def isvc_changed(
-    type: str, namespace: str | None, name: str, memo: Any, logger: Logger, **_: Any
-) -> None:
+def isvc_changed(type: str, namespace: str | None, name: str, memo: Any, logger: Logger, **_: Any) -> None:
     if type != "DELETED" and namespace:
         run_pass(memo, namespace, name, logger, "InferenceService")
 
@@ -189,35 +186,30 @@ def resync(namespace: str | None, name: str, memo: Any, logger: Logger, **_: Any
         run_pass(memo, namespace, name, logger, "resync")
 
 
-def _owned_changed(
-    body: kopf.Body, namespace: str | None, memo: Any, logger: Logger, **_: Any
-) -> None:
+def _owned_changed(body: kopf.Body, namespace: str | None, memo: Any, logger: Logger, **_: Any) -> None:
     owner = body.metadata.labels.get(ISVC_LABEL)
     if owner and namespace:
-        run_pass(
-            memo, namespace, owner, logger, f"{body.get('kind', 'object')} {body.metadata.name}"
-        )
+        run_pass(memo, namespace, owner, logger, f"{body.get('kind', 'object')} {body.metadata.name}")
 
 
 for _group, _version, _plural in WATCHED:
-    kopf.on.event(_group, _version, _plural, labels={**MANAGED, ISVC_LABEL: kopf.PRESENT})(
-        _owned_changed
-    )
+    kopf.on.event(_group, _version, _plural, labels={**MANAGED, ISVC_LABEL: kopf.PRESENT})(_owned_changed)
 
 
 @kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=ROLLOUT_SECONDS, sharp=False)
-def rollout_timer(namespace: str | None, name: str, memo: Any, logger: Logger, **_: Any) -> None:
+def rollout_timer(
+    namespace: str | None, name: str, spec: Any, status: Any, memo: Any, logger: Logger, **_: Any
+) -> None:
     """Canary steps: analysis, promotion and rollback, all recorded in status.canary."""
-    if not namespace:
+    # Most services run no canary: decide that from the watched body, without an API call.
+    if not namespace or not ((spec.get("rollout") or {}).get("canary") or status.get("canary")):
         return
     runtime: Runtime = memo.runtime
     with runtime.lock((namespace, name)):
         isvc = runtime.cluster.get_isvc(namespace, name)
         if isvc is None:
             return
-        deployments = [
-            o for o in runtime.cluster.owned(namespace, name).values() if o["kind"] == "Deployment"
-        ]
+        deployments = runtime.cluster.deployments(namespace, name)
         try:
             result = rollout.tick(isvc, runtime.source, deployments, datetime.now(UTC))
         except Exception:
@@ -235,9 +227,7 @@ def rollout_timer(namespace: str | None, name: str, memo: Any, logger: Logger, *
 
 
 @kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=AUTOSCALE_SECONDS, sharp=False)
-def autoscale_timer(
-    namespace: str | None, name: str, spec: Any, memo: Any, logger: Logger, **_: Any
-) -> None:
+def autoscale_timer(namespace: str | None, name: str, spec: Any, memo: Any, logger: Logger, **_: Any) -> None:
     """Mode metrics: read the window, decide, record it, and scale through a reconcile pass."""
     if not namespace or (spec.get("scaling") or {}).get("mode", "metrics") != "metrics":
         return
@@ -250,9 +240,7 @@ def autoscale_timer(
             runtime.scaling.pop(key, None)
             return
         scaling = api.validate_spec(isvc["spec"]).scaling
-        state = runtime.scaling.get(key) or autoscale.initial_state(
-            scaling, isvc.get("status") or {}
-        )
+        state = runtime.scaling.get(key) or autoscale.initial_state(scaling, isvc.get("status") or {})
         try:
             result = autoscale.tick(isvc, window, state, datetime.now(UTC))
         except Exception:
@@ -265,7 +253,5 @@ def autoscale_timer(
             log.info("autoscale %s/%s: %s: %s", namespace, name, reason, message)
             kopf.event(_owner(isvc), type=kind, reason=reason, message=message)
     if result.decision.changed:
-        metrics.SCALES.labels(
-            "up" if result.decision.replicas > result.decision.previous else "down"
-        ).inc()
+        metrics.SCALES.labels("up" if result.decision.replicas > result.decision.previous else "down").inc()
         run_pass(memo, namespace, name, logger, "autoscale")

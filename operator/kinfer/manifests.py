@@ -70,6 +70,8 @@ CLUSTER_PEERING_RULE = {
     "resources": ["clusterkopfpeerings"],
     "verbs": ["get", "list", "watch", "patch"],
 }
+# kopf lists namespaces when it watches named ones (-n), so that it can follow them.
+NAMESPACE_READ_RULE = {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}
 # kopf discovers the resources it serves by listing CRDs when it starts.
 CRD_READ_RULE = {
     "apiGroups": ["apiextensions.k8s.io"],
@@ -149,9 +151,9 @@ def rbac(namespace: str, watch_namespaces: list[str] | None = None) -> list[dict
     }
     subject = [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": namespace}]
     out: list[dict[str, Any]] = [sa]
-    cluster_rules = [CRD_READ_RULE]
+    cluster_rules = [CRD_READ_RULE, NAMESPACE_READ_RULE]
     if not watch_namespaces:
-        cluster_rules = [*OWNED_RULES, CLUSTER_PEERING_RULE, CRD_READ_RULE]
+        cluster_rules = [*OWNED_RULES, CLUSTER_PEERING_RULE, CRD_READ_RULE, NAMESPACE_READ_RULE]
     out += [
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from kinfer import status as status_mod
 from kinfer.api.v1alpha1 import validate_spec
 from kinfer.api.validation import problems
-from kinfer.apply import Applied, ClusterAPI, key
+from kinfer.apply import Applied, ClusterAPI, NamespaceTerminating, key
 from kinfer.render import render
 from kinfer.render.render import HTTP_PORT
 from kinfer.settings import OperatorConfig
@@ -59,9 +59,7 @@ def reconcile(
         cond = status_mod.Condition("Ready", "False", "InvalidSpec", message)
         new_status = {
             "observedGeneration": generation,
-            "conditions": status_mod.merge(
-                previous.get("conditions") or [], [cond], generation, now
-            ),
+            "conditions": status_mod.merge(previous.get("conditions") or [], [cond], generation, now),
         }
         _finish(cluster, outcome, isvc, previous, new_status)
         if _condition(previous, "Ready").get("reason") != "InvalidSpec":
@@ -77,7 +75,11 @@ def reconcile(
         raise RuntimeError(f"render failed after validation passed: {exc}") from exc
     existing = cluster.owned(namespace, name)
     for obj in desired:
-        result = cluster.apply(obj, existing.get(key(obj)))
+        try:
+            result = cluster.apply(obj, existing.get(key(obj)))
+        except NamespaceTerminating:
+            outcome.result = "gone"  # the namespace (and this InferenceService) is going away
+            return outcome
         outcome.applied.append(result)
         if result.action != "unchanged":
             outcome.events.append(
@@ -93,11 +95,10 @@ def reconcile(
         if obj_key not in wanted and _owned_by(obj, outcome.uid):
             cluster.delete(obj)
             outcome.deleted.append(obj_key)
-            outcome.events.append(
-                ("Normal", "Deleted", f"{obj_key[0]} {obj_key[1]} no longer needed")
-            )
+            outcome.events.append(("Normal", "Deleted", f"{obj_key[0]} {obj_key[1]} no longer needed"))
 
-    deployments = [o for o in cluster.owned(namespace, name).values() if o["kind"] == "Deployment"]
+    # Fresh, after the applies: the Deployments' status is what the conditions are made of.
+    deployments = cluster.deployments(namespace, name)
     pods = cluster.pods(namespace, name)
     replicas = sum(status_mod.spec_replicas(d) for d in deployments)
     # In mode metrics the autoscaler owns desiredReplicas; otherwise it is what runs.
@@ -110,9 +111,7 @@ def reconcile(
         "observedGeneration": generation,
         "conditions": status_mod.merge(previous.get("conditions") or [], current, generation, now),
         "replicas": sum(int((d.get("status") or {}).get("replicas") or 0) for d in deployments),
-        "readyReplicas": sum(
-            int((d.get("status") or {}).get("readyReplicas") or 0) for d in deployments
-        ),
+        "readyReplicas": sum(int((d.get("status") or {}).get("readyReplicas") or 0) for d in deployments),
         "desiredReplicas": desired_replicas,
         "url": f"http://{name}.{namespace}.svc:{HTTP_PORT}",
     }

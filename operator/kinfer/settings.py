@@ -25,9 +25,7 @@ class GatewayRef(BaseModel):
 class OperatorConfig(BaseModel):
     """What the operator needs to know about the cluster it runs in."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
     runtime_image: str = "ghcr.io/kinfer/kinfer-runtime:0.1.0"
     """Image for runtime.server kinfer when the spec leaves runtime.image empty."""
@@ -63,9 +61,7 @@ _ENV_FIELDS = {
 }
 
 
-def load_config(
-    path: str | Path | None = None, env: dict[str, str] | None = None
-) -> OperatorConfig:
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> OperatorConfig:
     """File values first, then KINFER_* variables on top (env wins, as in a Pod spec override)."""
     values: dict[str, Any] = {}
     if path:

@@ -63,9 +63,7 @@ def conditions(
     ready = sum(_int(d, "readyReplicas") for d in deployments)
     wanted = sum(spec_replicas(d) for d in deployments)
     updated = sum(_int(d, "updatedReplicas") for d in deployments)
-    observed = all(
-        _int(d, "observedGeneration") >= d["metadata"].get("generation", 0) for d in deployments
-    )
+    observed = all(_int(d, "observedGeneration") >= d["metadata"].get("generation", 0) for d in deployments)
     settled = observed and ready >= wanted and updated >= wanted
 
     if problems:
@@ -77,13 +75,9 @@ def conditions(
         degraded = Condition("Degraded", "False", "AsExpected", "no pod reports a problem")
 
     if stable is None:
-        ready_cond = Condition(
-            "Ready", "False", "NotCreated", "the stable Deployment does not exist yet"
-        )
+        ready_cond = Condition("Ready", "False", "NotCreated", "the stable Deployment does not exist yet")
     elif desired == 0 and wanted == 0:
-        ready_cond = Condition(
-            "Ready", "True", "ScaledToZero", "scaled to zero; the next request wakes it"
-        )
+        ready_cond = Condition("Ready", "True", "ScaledToZero", "scaled to zero; the next request wakes it")
     elif ready >= 1 and _int(stable, "readyReplicas") >= 1:
         ready_cond = Condition("Ready", "True", "Serving", f"{ready}/{wanted} replicas ready")
     elif problems:
@@ -97,9 +91,7 @@ def conditions(
         )
 
     if settled:
-        progressing = Condition(
-            "Progressing", "False", "Stable", "every replica runs the current spec"
-        )
+        progressing = Condition("Progressing", "False", "Stable", "every replica runs the current spec")
     elif not observed:
         progressing = Condition("Progressing", "True", "Updating", "a spec change is rolling out")
     else:

@@ -45,9 +45,7 @@ class FakeCluster:
             if current is None
             else {
                 **current,
-                "metadata": {
-                    k: v for k, v in current["metadata"].items() if k != "resourceVersion"
-                },
+                "metadata": {k: v for k, v in current["metadata"].items() if k != "resourceVersion"},
                 "status": None,
             }
         )
@@ -58,13 +56,14 @@ class FakeCluster:
         stored["status"] = (current or {}).get("status")
         self.objects[key] = stored
         self.writes.append(f"apply {key[0]}/{key[1]}")
-        return Applied(
-            obj["kind"], obj["metadata"]["name"], "created" if current is None else "updated"
-        )
+        return Applied(obj["kind"], obj["metadata"]["name"], "created" if current is None else "updated")
 
     def delete(self, obj: dict[str, Any]) -> None:
         self.objects.pop((obj["kind"], obj["metadata"]["name"]), None)
         self.writes.append(f"delete {obj['kind']}/{obj['metadata']['name']}")
+
+    def deployments(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        return [copy.deepcopy(o) for (kind, _), o in self.objects.items() if kind == "Deployment"]
 
     def pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
         return copy.deepcopy(self.pod_list)

@@ -227,7 +227,7 @@ def test_watch_namespaces_switch_to_roles_and_leave_no_cluster_wide_writes() -> 
         assert binding["subjects"] == generated("RoleBinding", watch)[0]["subjects"]
     (cluster_role,) = [o for o in objects if o["kind"] == "ClusterRole"]
     assert cluster_role["rules"] == generated("ClusterRole", watch)[0]["rules"]
-    assert cluster_role["rules"] == [manifests.CRD_READ_RULE]
+    assert cluster_role["rules"] == [manifests.CRD_READ_RULE, manifests.NAMESPACE_READ_RULE]
     for rule in cluster_role["rules"]:
         assert not WRITE_VERBS & set(rule["verbs"])
     peerings = [o for o in objects if o["apiVersion"] == "kopf.dev/v1"]

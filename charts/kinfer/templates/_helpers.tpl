@@ -83,6 +83,9 @@ patch), pruned (delete) and watched; pods only read; Secrets never.
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [get, list, watch]
 {{- end -}}
 
 {{/* Refuse combinations the schema cannot express. */}}

@@ -111,9 +111,7 @@ class Resources(ApiModel):
     gpu: Annotated[int, Field(ge=0, le=16)] = 0
     """Whole GPUs (nvidia.com/gpu) per pod. Range 0-16, default 0 (CPU only)."""
 
-    gpu_product: Annotated[
-        str, Field(max_length=128, pattern=r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?$")
-    ] = ""
+    gpu_product: Annotated[str, Field(max_length=128, pattern=r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?$")] = ""
     """GPU model to schedule on, matched against the node label nvidia.com/gpu.product
     (e.g. NVIDIA-L4). Empty means any GPU. Needs gpu >= 1."""
 
@@ -377,9 +375,7 @@ class MetricsStatus(ApiModel):
 class CanaryStatus(ApiModel):
     """Where the canary rollout stands."""
 
-    phase: Literal[
-        "Pending", "Progressing", "Paused", "Promoting", "Succeeded", "RollingBack", "Failed"
-    ]
+    phase: Literal["Pending", "Progressing", "Paused", "Promoting", "Succeeded", "RollingBack", "Failed"]
     """Pending, Progressing, Paused, Promoting, Succeeded, RollingBack or Failed."""
 
     step: int = 0

@@ -69,9 +69,7 @@ def tick(isvc: dict[str, Any], window: MetricsWindow, state: ScalingState, now: 
             patch["metrics"] = metrics
     else:
         # decision.reason says why the window was unusable (down, stale, no pod reporting).
-        available = status_mod.Condition(
-            "MetricsAvailable", "False", "MetricsUnavailable", decision.reason
-        )
+        available = status_mod.Condition("MetricsAvailable", "False", "MetricsUnavailable", decision.reason)
     active = status_mod.Condition(
         "ScalingActive",
         "True",

@@ -284,8 +284,7 @@ def render(isvc: dict[str, Any], config: OperatorConfig) -> list[dict[str, Any]]
     if routed:
         # HTTPRoute backends: one Service per track, so the route can weigh them.
         services += [
-            {"name": f"{name}-{t.name}", "labels": t.labels, "selector": t.selector}
-            for t in deployments
+            {"name": f"{name}-{t.name}", "labels": t.labels, "selector": t.selector} for t in deployments
         ]
     objects += [_load("service.yaml.j2", **common, service=s) for s in services]
     objects.append(_load("pdb.yaml.j2", **common))
@@ -335,6 +334,5 @@ def _quantity(value: float) -> str:
 def to_yaml(objects: list[dict[str, Any]]) -> str:
     """A YAML stream, byte-identical for identical input."""
     return "".join(
-        "---\n" + yaml.safe_dump(obj, sort_keys=False, width=120, default_flow_style=False)
-        for obj in objects
+        "---\n" + yaml.safe_dump(obj, sort_keys=False, width=120, default_flow_style=False) for obj in objects
     )

@@ -59,9 +59,7 @@ class Verdict:
 
 
 def unavailable(why: str) -> Verdict:
-    return Verdict(
-        "inconclusive", f"Prometheus unavailable ({why})", inconclusive="MetricsUnavailable"
-    )
+    return Verdict("inconclusive", f"Prometheus unavailable ({why})", inconclusive="MetricsUnavailable")
 
 
 # --- PromQL -------------------------------------------------------------------------------------
@@ -106,9 +104,7 @@ def _finite(value: float | None) -> float | None:
     return value
 
 
-def read_track(
-    source: MetricsSource, namespace: str, name: str, track: str, window_s: int
-) -> TrackStats:
+def read_track(source: MetricsSource, namespace: str, name: str, track: str, window_s: int) -> TrackStats:
     """Stats of one track over the last ``window_s`` seconds. Raises MetricsUnavailable."""
     q = queries(namespace, name, track, window_s)
     requests = _finite(source.scalar(q["requests"])) or 0.0
@@ -118,9 +114,7 @@ def read_track(
     return TrackStats(requests, errors, None if p95_s is None else p95_s * 1000)
 
 
-def analyze(
-    source: MetricsSource, namespace: str, name: str, spec: api.Analysis, window_s: int
-) -> Verdict:
+def analyze(source: MetricsSource, namespace: str, name: str, spec: api.Analysis, window_s: int) -> Verdict:
     """Read both tracks on the same window and judge. Prometheus down is inconclusive."""
     try:
         canary = read_track(source, namespace, name, "canary", window_s)

@@ -40,9 +40,7 @@ def _argmax(row: Sequence[float]) -> int:
 
 
 def compare(stable: Rows, canary: Rows) -> Drift:
-    if len(stable) != len(canary) or any(
-        len(a) != len(b) for a, b in zip(stable, canary, strict=True)
-    ):
+    if len(stable) != len(canary) or any(len(a) != len(b) for a, b in zip(stable, canary, strict=True)):
         return Drift(rows=len(stable), max_abs_diff=math.inf, argmax_agree=0)
     pairs = list(zip(stable, canary, strict=True))
     diff = max((abs(x - y) for a, b in pairs for x, y in zip(a, b, strict=True)), default=0.0)
@@ -99,8 +97,7 @@ def judge_drift(th: Thresholds, tally: Tally) -> Verdict:
     if th.max_abs_diff is not None and tally.max_abs_diff > th.max_abs_diff:
         return Verdict(
             "failed",
-            f"output drift: max abs diff {tally.max_abs_diff:.3g} > {th.max_abs_diff:.3g}; "
-            + numbers,
+            f"output drift: max abs diff {tally.max_abs_diff:.3g} > {th.max_abs_diff:.3g}; " + numbers,
             failed_metric=OUTPUT_DRIFT,
         )
     agreement = tally.agreement or 0.0
@@ -136,9 +133,7 @@ class RateSampler:
         return False
 
 
-def shadow(
-    inputs: Rows, stable: Callable[[Rows], Rows], canary: Callable[[Rows], Rows]
-) -> Drift | None:
+def shadow(inputs: Rows, stable: Callable[[Rows], Rows], canary: Callable[[Rows], Rows]) -> Drift | None:
     """Send one sampled input to both tracks and compare. None when either call fails: a failed
     shadow call says nothing about drift (errors are the metrics analysis' business)."""
     try:

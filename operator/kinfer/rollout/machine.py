@@ -39,9 +39,7 @@ NO_VERDICT_TIMEOUT_S = 600
 # Shortest analysis window: rate() and increase() need a few scrapes to say anything.
 MIN_WINDOW_S = 30
 
-Phase = Literal[
-    "Pending", "Progressing", "Paused", "Promoting", "Succeeded", "RollingBack", "Failed"
-]
+Phase = Literal["Pending", "Progressing", "Paused", "Promoting", "Succeeded", "RollingBack", "Failed"]
 
 # Where each command applies; elsewhere it is a no-op. Succeeded is final: revert through Git.
 ABORTABLE = frozenset({"Pending", "Progressing", "Paused", "Promoting"})
@@ -245,9 +243,7 @@ def _control(
     return None
 
 
-def _pending(
-    canary: api.Canary, status: api.CanaryStatus, now: datetime, canary_ready: bool
-) -> Transition:
+def _pending(canary: api.Canary, status: api.CanaryStatus, now: datetime, canary_ready: bool) -> Transition:
     i = _index(canary, status.step)
     if canary_ready:
         weight = canary.steps[i]

@@ -28,9 +28,7 @@ def canary_ready(deployments: list[dict[str, Any]]) -> bool:
     for d in deployments:
         if d["metadata"]["name"].endswith("-canary"):
             st = d.get("status") or {}
-            current = int(st.get("observedGeneration") or 0) >= int(
-                d["metadata"].get("generation") or 0
-            )
+            current = int(st.get("observedGeneration") or 0) >= int(d["metadata"].get("generation") or 0)
             return current and int(st.get("readyReplicas") or 0) >= status_mod.spec_replicas(d)
     return False
 
@@ -56,14 +54,10 @@ def tick(
     if window is not None and canary is not None:
         verdict = analysis.analyze(source, meta["namespace"], meta["name"], canary.analysis, window)
     controls = machine.parse_controls(meta.get("annotations"))
-    moved = machine.step(
-        spec.rollout, state, verdict, controls, now, canary_ready=canary_ready(deployments)
-    )
+    moved = machine.step(spec.rollout, state, verdict, controls, now, canary_ready=canary_ready(deployments))
     new_canary = None
     if moved.status is not None and canary is not None:
-        new_canary = moved.status.model_copy(update={"revision": canary.model.uri}).model_dump(
-            by_alias=True
-        )
+        new_canary = moved.status.model_copy(update={"revision": canary.model.uri}).model_dump(by_alias=True)
     out = RolloutTick(events=list(moved.events), reapply=bool(moved.actions))
     if new_canary != raw:
         out.status_patch["canary"] = new_canary
