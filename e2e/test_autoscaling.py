@@ -13,7 +13,6 @@ import os
 import signal
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from kinfer.local import make_slow_model
+from kinfer.local import infer, make_slow_model
 from kinfer.testbed import bed
 from operator_bed import MODELS, Setup
 
@@ -29,10 +28,6 @@ pytestmark = pytest.mark.e2e
 
 LOAD_SECONDS = 120  # upper bound of the ramp; it stops as soon as the scale-up is seen
 CLIENTS = 12
-DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-BODY = json.dumps(
-    {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8}]}
-).encode()
 
 
 def _service(model: Path) -> dict[str, Any]:
@@ -88,15 +83,10 @@ def load(setup: Setup, namespace: str, seconds: float) -> Iterator[dict[str, int
                 continue
             ip = targets[index % len(targets)]
             index += 1
-            request = urllib.request.Request(
-                f"http://{ip}:8080/v2/models/scaler/infer", data=BODY, method="POST",
-                headers={"Content-Type": "application/json"},
-            )  # fmt: skip
-            try:
-                with DIRECT.open(request, timeout=10) as resp:
-                    resp.read()
+            code, _ = infer(ip, "scaler")
+            if code == 200:
                 counts["ok"] += 1
-            except OSError:
+            else:
                 counts["failed"] += 1
                 time.sleep(0.1)
 

@@ -11,8 +11,6 @@ import json
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,15 +19,11 @@ from typing import Any
 
 import pytest
 
-from kinfer.local import make_failing_model, make_model
+from kinfer.local import infer, make_failing_model, make_model
 from operator_bed import MODELS, Setup, example
 
 pytestmark = pytest.mark.e2e
 
-DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-BODY = json.dumps(
-    {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8}]}
-).encode()
 REPLICAS = 4
 
 
@@ -96,18 +90,7 @@ class Traffic:
             ip = ips[index % len(ips)]
             index += 1
             weight, track = self.weight, self.track_of.get(ip)
-            request = urllib.request.Request(
-                f"http://{ip}:8080/v2/models/{self.name}/infer", data=BODY, method="POST",
-                headers={"Content-Type": "application/json"},
-            )  # fmt: skip
-            try:
-                with DIRECT.open(request, timeout=10) as resp:
-                    resp.read()
-                    code = resp.status
-            except urllib.error.HTTPError as err:
-                code = err.code
-            except OSError:
-                code = 0
+            code, _ = infer(ip, self.name)
             self.codes[code] += 1
             if weight is not None and track is not None and code:
                 self.by_weight.setdefault(weight, Counter())[track] += 1

@@ -25,6 +25,16 @@ def _documents(stream: TextIO) -> list[Any]:
         raise click.ClickException(f"{stream.name}: not valid YAML: {exc}") from exc
 
 
+FILENAME = click.option(
+    "-f",
+    "--filename",
+    "stream",
+    type=click.File("r"),
+    required=True,
+    help="YAML file with one or more InferenceServices ('-' reads standard input).",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_version("kinfer"), prog_name="kinfer")
 def main() -> None:
@@ -39,14 +49,7 @@ def crd() -> None:
 
 
 @main.command()
-@click.option(
-    "-f",
-    "--filename",
-    "stream",
-    type=click.File("r"),
-    required=True,
-    help="YAML file with one or more InferenceServices ('-' reads standard input).",
-)
+@FILENAME
 def validate(stream: TextIO) -> None:
     """Check InferenceServices without a cluster.
 
@@ -69,14 +72,7 @@ def validate(stream: TextIO) -> None:
 
 
 @main.command()
-@click.option(
-    "-f",
-    "--filename",
-    "stream",
-    type=click.File("r"),
-    required=True,
-    help="YAML file with one or more InferenceServices ('-' reads standard input).",
-)
+@FILENAME
 @click.option(
     "--config",
     "config_path",

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -147,19 +146,11 @@ def _first_inference(kubeconfig: Path) -> str:
     ips = [p["status"]["podIP"] for p in pods if p.get("status", {}).get("podIP")]
     if not ips:
         return "kinfer demo: no pod IP to send a request to"
-    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8}]}
     url = f"http://{ips[0]}:8080/v2/models/{NAME}/infer"
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    # The pod IP lives in a network namespace the test bed made; never through a proxy.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=10) as resp:
-            answer = resp.read().decode()
-    except OSError as err:
-        return f"kinfer demo: POST {url} failed: {err}"
-    return f"\n$ curl -X POST {url} -d '{json.dumps(body)}'\n{answer}"
+    code, answer = local.infer(ips[0], NAME)
+    if code != 200:
+        return f"kinfer demo: POST {url} answered {code or 'nothing'}: {answer}"
+    return f"\n$ curl -X POST {url} -d '{json.dumps(local.MLP_REQUEST)}'\n{answer}"
 
 
 def down(state: Path, echo: Echo) -> None:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +207,28 @@ def make_slow_model(directory: Path) -> Path:
     """A python-format model with the MLP's signature that sleeps 20 ms per forward, so a few
     concurrent clients build a real queue without burning CPU."""
     return _python_model(directory, _SLOW_MODEL)
+
+
+# One row of the test MLP's input, as an Open Inference Protocol v2 JSON body.
+MLP_REQUEST = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8}]}
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def infer(ip: str, model: str, body: dict[str, Any] = MLP_REQUEST, timeout: float = 10) -> tuple[int, str]:
+    """POST one v2 infer request to a pod IP (a test bed network namespace, never via a proxy).
+
+    Returns (HTTP status, body); status 0 when no answer came (refused, reset, timed out)."""
+    request = urllib.request.Request(
+        f"http://{ip}:8080/v2/models/{model}/infer", data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    try:
+        with _DIRECT.open(request, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace")
+    except OSError:
+        return 0, ""
 
 
 def free_port() -> int:
