@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ pytestmark = pytest.mark.e2e
 
 INVALID = sorted((ROOT / "tests" / "data" / "invalid").glob("*.yaml"))
 OWNED = "deployments,services,poddisruptionbudgets,networkpolicies"
+NAMESPACED_HOME = "kinfer-team-a-system"
 
 
 def _first_line_field(path: Path) -> str:
@@ -239,3 +243,44 @@ def test_operator_service_account_has_least_privilege(
         subresource = [f"--subresource={sub}"]
     out = setup.kubectl("auth", "can-i", verb, resource, *subresource, f"--as={who}", check=False)
     assert out.stdout.strip() == ("yes" if allowed else "no"), out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def namespaced_operator_account(setup: Setup) -> Iterator[str]:
+    """The RBAC of an operator limited to team-a (`--watch-namespace team-a`), under its own
+    name so it sits beside the cluster-wide one; returns the ServiceAccount's user name."""
+    for ns in ("team-a", "team-b", NAMESPACED_HOME):
+        setup.kubectl("create", "namespace", ns, check=False)
+    manifests = subprocess.run(
+        [sys.executable, "-m", "kinfer", "manifests", "--only", "rbac", "--namespace", NAMESPACED_HOME,
+         "--name", "kinfer-team-a", "--watch-namespace", "team-a"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    setup.kubectl("apply", "--server-side", "-f", "-", input=manifests)
+    yield f"system:serviceaccount:{NAMESPACED_HOME}:kinfer-team-a"
+    setup.kubectl("delete", "-f", "-", input=manifests, check=False)
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "namespace", "allowed"),
+    [
+        ("create", "deployments.apps", "team-a", True),
+        ("watch", "inferenceservices.kinfer.dev", "team-a", True),
+        ("create", "deployments.apps", "team-b", False),
+        ("delete", "services", "team-b", False),
+        ("list", "inferenceservices.kinfer.dev", "team-b", False),
+        ("get", "secrets", "team-a", False),
+        ("patch", "kopfpeerings.kopf.dev", "team-a", True),
+        ("patch", "clusterkopfpeerings.kopf.dev", "", False),
+    ],
+)
+def test_namespaced_operator_touches_only_its_namespaces(
+    setup: Setup, namespaced_operator_account: str, verb: str, resource: str, namespace: str, allowed: bool
+) -> None:
+    where = ["-n", namespace] if namespace else []
+    out = setup.kubectl(
+        "auth", "can-i", verb, resource, *where, f"--as={namespaced_operator_account}", check=False
+    )
+    assert out.stdout.strip() == ("yes" if allowed else "no"), (
+        f"{verb} {resource} in {namespace}: {out.stdout}"
+    )

@@ -115,13 +115,19 @@ def render(stream: TextIO, config_path: str | None, gateway_api: bool | None) ->
     help="Grant access only in this namespace (repeat). Default: all namespaces.",
 )
 @click.option(
+    "--name",
+    default="kinfer-operator",
+    show_default=True,
+    help="Name of the ServiceAccount and its roles (to install a second operator beside one).",
+)
+@click.option(
     "--only",
     type=click.Choice(["all", "rbac", "peering"]),
     default="all",
     show_default=True,
     help="Which manifests to print.",
 )
-def manifests(namespace: str, watch: tuple[str, ...], only: str) -> None:
+def manifests(namespace: str, watch: tuple[str, ...], name: str, only: str) -> None:
     """Print install manifests besides the CRD: kopf peering CRDs and the peering object (leader
     election between replicas), and the operator's least-privilege RBAC."""
     from kinfer import manifests as m
@@ -131,7 +137,7 @@ def manifests(namespace: str, watch: tuple[str, ...], only: str) -> None:
         objects += m.peering_crds()
         objects += [m.peering(namespace=w) for w in watch] if watch else [m.peering()]
     if only in ("all", "rbac"):
-        objects += m.rbac(namespace, list(watch))
+        objects += m.rbac(namespace, list(watch), name)
     click.echo(to_yaml(objects), nl=False)
 
 

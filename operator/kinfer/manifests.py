@@ -138,7 +138,9 @@ def peering(name: str = "kinfer", namespace: str | None = None) -> dict[str, Any
     return {"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": meta}
 
 
-def rbac(namespace: str, watch_namespaces: list[str] | None = None) -> list[dict[str, Any]]:
+def rbac(
+    namespace: str, watch_namespaces: list[str] | None = None, name: str = SERVICE_ACCOUNT
+) -> list[dict[str, Any]]:
     """ServiceAccount and roles for the operator running in `namespace`.
 
     Without watch_namespaces: one ClusterRole for all namespaces. With them: a Role and
@@ -147,9 +149,9 @@ def rbac(namespace: str, watch_namespaces: list[str] | None = None) -> list[dict
     sa = {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": {"name": SERVICE_ACCOUNT, "namespace": namespace, "labels": OPERATOR_LABELS},
+        "metadata": {"name": name, "namespace": namespace, "labels": OPERATOR_LABELS},
     }
-    subject = [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": namespace}]
+    subject = [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]
     out: list[dict[str, Any]] = [sa]
     cluster_rules = [CRD_READ_RULE, NAMESPACE_READ_RULE]
     if not watch_namespaces:
@@ -158,17 +160,17 @@ def rbac(namespace: str, watch_namespaces: list[str] | None = None) -> list[dict
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
-            "metadata": {"name": SERVICE_ACCOUNT, "labels": OPERATOR_LABELS},
+            "metadata": {"name": name, "labels": OPERATOR_LABELS},
             "rules": cluster_rules,
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRoleBinding",
-            "metadata": {"name": SERVICE_ACCOUNT, "labels": OPERATOR_LABELS},
+            "metadata": {"name": name, "labels": OPERATOR_LABELS},
             "roleRef": {
                 "apiGroup": "rbac.authorization.k8s.io",
                 "kind": "ClusterRole",
-                "name": SERVICE_ACCOUNT,
+                "name": name,
             },
             "subjects": subject,
         },
@@ -179,7 +181,7 @@ def rbac(namespace: str, watch_namespaces: list[str] | None = None) -> list[dict
                 "apiVersion": "rbac.authorization.k8s.io/v1",
                 "kind": "Role",
                 "metadata": {
-                    "name": SERVICE_ACCOUNT,
+                    "name": name,
                     "namespace": watched,
                     "labels": OPERATOR_LABELS,
                 },
@@ -189,14 +191,14 @@ def rbac(namespace: str, watch_namespaces: list[str] | None = None) -> list[dict
                 "apiVersion": "rbac.authorization.k8s.io/v1",
                 "kind": "RoleBinding",
                 "metadata": {
-                    "name": SERVICE_ACCOUNT,
+                    "name": name,
                     "namespace": watched,
                     "labels": OPERATOR_LABELS,
                 },
                 "roleRef": {
                     "apiGroup": "rbac.authorization.k8s.io",
                     "kind": "Role",
-                    "name": SERVICE_ACCOUNT,
+                    "name": name,
                 },
                 "subjects": subject,
             },
