@@ -161,11 +161,13 @@ def test_too_many_gpus_per_pod_is_degraded_with_the_scheduler_reason(
 def test_restart_with_nothing_changed_writes_nothing(setup: Setup, namespace: str, wait_for: Any) -> None:
     isvc = setup.apply(namespace, example("minimal", setup.model))
     setup.wait_ready(wait_for, namespace, isvc)
-    # Let the pass triggered by the Ready status itself settle before taking the snapshot.
+    # Let status settle before the snapshot: the pass triggered by Ready itself, and the
+    # autoscaler's MetricsAvailable, which turns True once Prometheus has scraped the new pod.
     wait_for(
-        lambda: setup.condition(namespace, isvc, "Progressing").get("status") == "False",
-        30,
-        describe="Progressing=False",
+        lambda: setup.condition(namespace, isvc, "Progressing").get("status") == "False"
+        and setup.condition(namespace, isvc, "MetricsAvailable").get("status") == "True",
+        60,
+        describe="Progressing=False and MetricsAvailable=True",
     )
 
     def snapshot() -> dict[str, str]:
