@@ -30,7 +30,6 @@ from kinfer.reconcile import Outcome, reconcile
 from kinfer.rollout import tick as rollout
 from kinfer.settings import OperatorConfig, load_config
 
-Logger = logging.Logger | logging.LoggerAdapter[Any]
 # Our own log lines, each naming the InferenceService; kopf's per-handler "succeeded" lines are
 # left at DEBUG (see cli.operator) so that the log says what changed, not that a timer ran.
 log = logging.getLogger("kinfer.operator")
@@ -91,7 +90,7 @@ class Runtime:
 
 
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, memo: Any, logger: Logger, **_: Any) -> None:
+def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     # kopf's own "handler succeeded" events are noise next to ours; keep its warnings.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 270
@@ -116,7 +115,7 @@ def startup(settings: kopf.OperatorSettings, memo: Any, logger: Logger, **_: Any
     )
 
 
-def run_pass(memo: Any, namespace: str, name: str, logger: Logger, trigger: str) -> None:
+def run_pass(memo: Any, namespace: str, name: str, trigger: str) -> None:
     runtime: Runtime = memo.runtime
     with runtime.turn((namespace, name)) as mine:
         if not mine:
@@ -132,10 +131,10 @@ def run_pass(memo: Any, namespace: str, name: str, logger: Logger, trigger: str)
         elapsed = time.monotonic() - started
         metrics.RECONCILES.labels(outcome.result).inc()
         metrics.RECONCILE_SECONDS.labels(outcome.result).observe(elapsed)
-        report(outcome, namespace, name, logger, trigger, elapsed)
+        report(outcome, namespace, name, trigger, elapsed)
 
 
-def report(outcome: Outcome, namespace: str, name: str, logger: Logger, trigger: str, elapsed: float) -> None:
+def report(outcome: Outcome, namespace: str, name: str, trigger: str, elapsed: float) -> None:
     if outcome.result == "gone":
         metrics.forget(namespace, name)
     elif "desiredReplicas" in outcome.status:
@@ -175,21 +174,21 @@ def _owner(isvc: dict[str, Any]) -> kopf.Body:
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-def isvc_changed(type: str, namespace: str | None, name: str, memo: Any, logger: Logger, **_: Any) -> None:
+def isvc_changed(type: str, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     if type != "DELETED" and namespace:
-        run_pass(memo, namespace, name, logger, "InferenceService")
+        run_pass(memo, namespace, name, "InferenceService")
 
 
 @kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=RESYNC_SECONDS, sharp=False)
-def resync(namespace: str | None, name: str, memo: Any, logger: Logger, **_: Any) -> None:
+def resync(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     if namespace:
-        run_pass(memo, namespace, name, logger, "resync")
+        run_pass(memo, namespace, name, "resync")
 
 
-def _owned_changed(body: kopf.Body, namespace: str | None, memo: Any, logger: Logger, **_: Any) -> None:
+def _owned_changed(body: kopf.Body, namespace: str | None, memo: Any, **_: Any) -> None:
     owner = body.metadata.labels.get(ISVC_LABEL)
     if owner and namespace:
-        run_pass(memo, namespace, owner, logger, f"{body.get('kind', 'object')} {body.metadata.name}")
+        run_pass(memo, namespace, owner, f"{body.get('kind', 'object')} {body.metadata.name}")
 
 
 for _group, _version, _plural in WATCHED:
@@ -197,9 +196,7 @@ for _group, _version, _plural in WATCHED:
 
 
 @kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=ROLLOUT_SECONDS, sharp=False)
-def rollout_timer(
-    namespace: str | None, name: str, spec: Any, status: Any, memo: Any, logger: Logger, **_: Any
-) -> None:
+def rollout_timer(namespace: str | None, name: str, spec: Any, status: Any, memo: Any, **_: Any) -> None:
     """Canary steps: analysis, promotion and rollback, all recorded in status.canary."""
     # Most services run no canary: decide that from the watched body, without an API call.
     if not namespace or not ((spec.get("rollout") or {}).get("canary") or status.get("canary")):
@@ -223,11 +220,11 @@ def rollout_timer(
             log.info("rollout %s/%s: %s: %s", namespace, name, event.reason, event.message)
             kopf.event(_owner(isvc), type=event.type, reason=event.reason, message=event.message)
     if result.reapply:
-        run_pass(memo, namespace, name, logger, "rollout")
+        run_pass(memo, namespace, name, "rollout")
 
 
 @kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=AUTOSCALE_SECONDS, sharp=False)
-def autoscale_timer(namespace: str | None, name: str, spec: Any, memo: Any, logger: Logger, **_: Any) -> None:
+def autoscale_timer(namespace: str | None, name: str, spec: Any, memo: Any, **_: Any) -> None:
     """Mode metrics: read the window, decide, record it, and scale through a reconcile pass."""
     if not namespace or (spec.get("scaling") or {}).get("mode", "metrics") != "metrics":
         return
@@ -254,4 +251,4 @@ def autoscale_timer(namespace: str | None, name: str, spec: Any, memo: Any, logg
             kopf.event(_owner(isvc), type=kind, reason=reason, message=message)
     if result.decision.changed:
         metrics.SCALES.labels("up" if result.decision.replicas > result.decision.previous else "down").inc()
-        run_pass(memo, namespace, name, logger, "autoscale")
+        run_pass(memo, namespace, name, "autoscale")

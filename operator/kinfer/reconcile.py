@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from kinfer import status as status_mod
 from kinfer.api.v1alpha1 import validate_spec
 from kinfer.api.validation import problems
@@ -69,10 +67,7 @@ def reconcile(
     if config.gateway_api is None:
         served = cluster.installed("gateway.networking.k8s.io/v1", "HTTPRoute")
         config = config.model_copy(update={"gateway_api": served})
-    try:
-        desired = render(isvc, config)
-    except ValidationError as exc:  # problems() covers the same model; keep the message anyway
-        raise RuntimeError(f"render failed after validation passed: {exc}") from exc
+    desired = render(isvc, config)  # problems() passed: the spec parses
     existing = cluster.owned(namespace, name)
     for obj in desired:
         try:
