@@ -65,6 +65,13 @@ def install(kubeconfig: Path) -> None:
     kubectl(kubeconfig, "apply", "--server-side", "-f", "-", input=to_yaml(objects))
 
 
+def uninstall(kubeconfig: Path) -> None:
+    """Remove what install() made besides the CRDs and the namespace (the peering object and
+    the operator's ServiceAccount and RBAC), e.g. to install the Helm chart in its place."""
+    objects = [peering(), *rbac(OPERATOR_NAMESPACE)]
+    kubectl(kubeconfig, "delete", "--ignore-not-found", "--wait", "-f", "-", input=to_yaml(objects))
+
+
 def gateway_api_crds() -> list[Path]:
     """The standard-channel Gateway API CRD files, from the Go module cache."""
     from kinfer.testbed import install as testbed_install

@@ -248,6 +248,7 @@ def _argv(name: str, state: Path, ports: dict[str, int]) -> list[str]:
             "kinfer.testbed.launcher",
             f"--kubeconfig={kc}",
             f"--state={state}",
+            f"--relay-port={ports['prometheus']}",
         ]
     raise ValueError(name)
 

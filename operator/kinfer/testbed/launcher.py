@@ -18,9 +18,17 @@ container when it fails. With Never (or OnFailure and exit 0) it stays terminate
 are, the pod phase becomes Succeeded (all exit 0) or Failed.
 
 Only allow-listed commands run: python (run with the launcher's own interpreter, so the
-project's virtualenv), kinfer-runtime, sleep, plus names in $KINFER_LAUNCHER_ALLOW. A container
-without a command runs its image's base name when that is allowed (image `…/kinfer-runtime:tag`
-runs `kinfer-runtime`). Volumes are not mounted; processes see the host's filesystem.
+project's virtualenv), kinfer, kinfer-runtime, sleep, plus names in $KINFER_LAUNCHER_ALLOW. A
+container without a command runs its image's base name when that is allowed (image
+`…/kinfer-runtime:tag` runs `kinfer-runtime`).
+
+Pods that mount a ServiceAccount token act on the cluster (the operator installed by the Helm
+chart) and run as a kubelet would run them: their volumes are made (volumes.py: the token comes
+from a TokenRequest bound to the pod) and bind-mounted into a mount namespace of the container's
+own (sandbox.py), a read-only root filesystem is honoured, HOME is /, and the API server
+(KUBERNETES_SERVICE_HOST/PORT) and Prometheus are reachable on 127.0.0.1 inside the pod through
+relays (relay.py). No kubeconfig reaches them: the token is all they have. Other pods (the model
+servers) see the host's filesystem, so `file://` models under /tmp work.
 """
 
 from __future__ import annotations
@@ -44,9 +52,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kinfer.testbed import network, nodes
+from kinfer.testbed import network, nodes, volumes
 from kinfer.testbed.kube import Kube, KubeError, Obj, pod_path
 from kinfer.testbed.procs import start_time
+from kinfer.testbed.relay import Relay
 
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
@@ -68,7 +77,7 @@ def log(msg: str) -> None:
 
 def allowed_names() -> set[str]:
     extra = {n for n in os.environ.get("KINFER_LAUNCHER_ALLOW", "").split(",") if n}
-    return {"python", "python3", "kinfer-runtime", "sleep"} | extra
+    return {"python", "python3", "kinfer", "kinfer-runtime", "sleep"} | extra
 
 
 def resolve(argv: list[str]) -> list[str]:
@@ -182,6 +191,7 @@ class PodRunner:
     kube: Kube
     pod: Obj
     state: Path
+    host_ports: list[int] = field(default_factory=list)  # relayed into pods that hold a token
     containers: list[Container] = field(default_factory=list)
     stop_event: threading.Event = field(default_factory=threading.Event)
     grace_s: float = 30.0
@@ -190,6 +200,8 @@ class PodRunner:
     thread: threading.Thread | None = None
     conditions: dict[str, tuple[bool, str]] = field(default_factory=dict)
     last_patch: str = ""
+    volumes: dict[str, Path] | None = None  # made for pods that mount a token (module doc)
+    relays: list[Relay] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -225,6 +237,9 @@ class PodRunner:
             self._event("Warning", "LauncherError", str(e))
             self._kill_all(0)
         finally:
+            for relay in self.relays:
+                relay.close()
+            shutil.rmtree(self._pod_dir / "volumes", ignore_errors=True)  # tokens among them
             if self.netns:
                 network.pod_netns_down(self.netns, network.names(self._uid)[1], self._netns_dir)
             if self.finalize:
@@ -239,6 +254,10 @@ class PodRunner:
     def _netns_dir(self) -> Path:
         return self.state / "netns"
 
+    @property
+    def _pod_dir(self) -> Path:
+        return self.state / "pods" / self.key.replace("/", "_")
+
     def _setup(self) -> None:
         spec = self.pod["spec"]
         for c in spec["containers"]:
@@ -252,8 +271,43 @@ class PodRunner:
             self.containers.append(cont)
         if not spec.get("hostNetwork"):
             self.netns = network.pod_netns_up(self._uid, self.ip, self._netns_dir)
+        if volumes.mounts_token(self.pod):
+            if not self._make_volumes():
+                return
+            self._wire_to_cluster()
         for c in self.containers:
             self._start(c)
+
+    def _make_volumes(self) -> bool:
+        """Retry until the volumes are made (a new namespace's kube-root-ca.crt comes a moment
+        after the namespace) or the pod is stopped; one FailedMount event per distinct error."""
+        warned = ""
+        while not self.stop_event.is_set():
+            try:
+                self.volumes = volumes.materialize(self.kube, self.pod, self._pod_dir / "volumes")
+                return True
+            except volumes.VolumeError as e:
+                if str(e) != warned:
+                    warned = str(e)
+                    log(f"{self.key}: {e}")
+                    self._event("Warning", "FailedMount", str(e))
+                self._patch()
+                self.stop_event.wait(2)
+        return False
+
+    def _wire_to_cluster(self) -> None:
+        """What a pod that acts on the cluster finds: the API server's address in its env and
+        relays to the host's API server and Prometheus inside its network namespace."""
+        api_port = self.host_ports[0]
+        for c in self.containers:
+            c.env |= {
+                "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+                "KUBERNETES_SERVICE_PORT": str(api_port),
+                "KUBERNETES_SERVICE_PORT_HTTPS": str(api_port),
+                "HOME": "/",
+            }
+        if self.netns:
+            self.relays = [Relay(self.netns, port) for port in self.host_ports]
 
     def _argv(self, c: Container) -> list[str]:
         spec = c.spec
@@ -270,7 +324,14 @@ class PodRunner:
             c.error = str(e)
             self._event("Warning", "Failed", f"container {c.name}: {e}")
             return
-        pod_dir = self.state / "pods" / f"{self.key.replace('/', '_')}"
+        if self.volumes is not None:
+            try:
+                argv = self._sandboxed(c, argv)
+            except volumes.VolumeError as e:
+                c.error = str(e)
+                self._event("Warning", "FailedMount", f"container {c.name}: {e}")
+                return
+        pod_dir = self._pod_dir
         pod_dir.mkdir(parents=True, exist_ok=True)
         wd = c.spec.get("workingDir")
         cwd = Path(wd) if wd and Path(wd).is_dir() else pod_dir
@@ -296,6 +357,13 @@ class PodRunner:
         self._record_proc(c)
         log(f"{self.key}: started {c.name} pid {c.proc.pid}: {argv}")
         self._event("Normal", "Started", f"Started container {c.name}")
+
+    def _sandboxed(self, c: Container, argv: list[str]) -> list[str]:
+        assert self.volumes is not None
+        binds = volumes.bind_args(volumes.binds(c.spec, self.volumes))
+        if c.spec.get("securityContext", {}).get("readOnlyRootFilesystem"):
+            binds.append("--read-only-root")
+        return [sys.executable, "-m", "kinfer.testbed.sandbox", *binds, "--", *argv]
 
     def _proc_file(self, c: Container) -> Path:
         return self.state / "procs" / f"{self._uid}-{c.name}.json"
@@ -556,8 +624,10 @@ def delete_now(kube: Kube, pod: Obj) -> None:
 
 
 class Launcher:
-    def __init__(self, kube: Kube, state: Path) -> None:
+    def __init__(self, kube: Kube, state: Path, relay_ports: list[int] | None = None) -> None:
         self.kube, self.state = kube, state
+        api_port = int(kube.server.rsplit(":", 1)[1])
+        self.host_ports = [api_port, *(relay_ports or [])]
         self.runners: dict[str, PodRunner] = {}
         self.node_names = {n["metadata"]["name"] for n in nodes.fake_nodes()}
         self.stopping = threading.Event()
@@ -585,7 +655,7 @@ class Launcher:
             return
         if runner is None and uid not in self.launched:
             if status.get("phase") == "Running" and status.get("podIP"):
-                runner = PodRunner(self.kube, pod, self.state)
+                runner = PodRunner(self.kube, pod, self.state, self.host_ports)
                 self.runners[uid] = runner
                 self.launched.add(uid)  # a pod is launched once, like a kubelet's pod worker
                 runner.start()
@@ -647,8 +717,15 @@ def main() -> None:
         default=3.0,
         help="seconds each pod gets to stop when the launcher stops",
     )
+    ap.add_argument(
+        "--relay-port",
+        type=int,
+        action="append",
+        default=[],
+        help="a host loopback port (besides the API server's) that pods holding a token reach",
+    )
     args = ap.parse_args()
-    launcher = Launcher(Kube(args.kubeconfig), args.state)
+    launcher = Launcher(Kube(args.kubeconfig), args.state, args.relay_port)
     watcher = threading.Thread(target=launcher.run, name="watch", daemon=True)
 
     def on_term(signum: int, _frame: object) -> None:

@@ -1,0 +1,59 @@
+"""Give one container process its volumes, then exec its command (used by the launcher).
+
+The launcher runs `ip netns exec <pod netns> python -m kinfer.testbed.sandbox --bind SRC:DST[:ro]
+... [--read-only-root] -- COMMAND...`. `ip netns exec` has already put this process into a mount
+namespace of its own (host mounts propagate in, ours never out), so the binds and the
+read-only root below are seen by this container alone; the host's filesystem is untouched
+except for empty directories made as mount points where none existed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import sys
+
+MS_RDONLY, MS_REMOUNT, MS_BIND = 1, 32, 4096
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _mount(source: str | None, target: str, flags: int) -> None:
+    src = source.encode() if source is not None else None
+    if _libc.mount(src, target.encode(), None, flags, None) != 0:
+        err = ctypes.get_errno()
+        sys.exit(f"sandbox: mount {source} on {target}: {os.strerror(err)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bind", action="append", default=[], metavar="SRC:DST[:ro]")
+    ap.add_argument("--read-only-root", action="store_true", help="remount / read-only")
+    ap.add_argument("command", nargs=argparse.REMAINDER)
+    args = ap.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        ap.error("no command")
+    # Open every source first: a bind on /tmp would otherwise hide sources that live under it.
+    held = []
+    for spec in args.bind:
+        src, dst, *flags = spec.split(":")
+        held.append((os.open(src, os.O_PATH | os.O_DIRECTORY), dst, flags == ["ro"]))
+    for fd, dst, ro in held:
+        os.makedirs(dst, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", dst, MS_BIND)
+        if ro:
+            _mount(None, dst, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        os.close(fd)
+    # After the binds (which need their mount points): the binds themselves stay writable
+    # unless :ro, as a kubelet's volumes on a read-only root filesystem do.
+    if args.read_only_root:
+        _mount(None, "/", MS_BIND | MS_REMOUNT | MS_RDONLY)
+    try:
+        os.execvp(command[0], command)
+    except OSError as e:
+        sys.exit(f"sandbox: exec {command[0]}: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Pod volumes for the launcher, the part of a kubelet's volume manager the test bed needs.
+
+Only pods that mount a ServiceAccount token get volumes (see launcher.py): those are the pods
+that act on the cluster, like the operator installed by the Helm chart, and the point of running
+them here is that they see what a kubelet would give them: the token the API server issued for
+this pod, the cluster CA, their ConfigMaps, an emptyDir. Supported: emptyDir, configMap,
+downwardAPI, and projected volumes of serviceAccountToken, configMap and downwardAPI sources
+(what the ServiceAccount admission plugin injects). Anything else is refused with the volume
+named, as a FailedMount.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from kinfer.testbed.kube import Kube, KubeError, Obj
+
+DEFAULT_TOKEN_SECONDS = 3600
+
+
+class VolumeError(RuntimeError):
+    """The volume cannot be made (yet): the message names it and says why."""
+
+
+def volumes_by_name(pod: Obj) -> dict[str, Obj]:
+    return {v["name"]: v for v in pod["spec"].get("volumes", [])}
+
+
+def mounts_token(pod: Obj) -> bool:
+    """Whether any container mounts a projected ServiceAccount token."""
+    vols = volumes_by_name(pod)
+    for c in pod["spec"]["containers"]:
+        for m in c.get("volumeMounts", []):
+            sources = vols.get(m["name"], {}).get("projected", {}).get("sources", [])
+            if any("serviceAccountToken" in s for s in sources):
+                return True
+    return False
+
+
+def _field(pod: Obj, path: str) -> str:
+    meta = pod["metadata"]
+    simple = {
+        "metadata.name": meta["name"],
+        "metadata.namespace": meta["namespace"],
+        "metadata.uid": meta["uid"],
+        "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
+        "spec.nodeName": pod["spec"].get("nodeName", ""),
+    }
+    if path in simple:
+        return str(simple[path])
+    raise VolumeError(f"downwardAPI fieldPath {path!r} is not supported by the test bed")
+
+
+def _write(root: Path, rel: str, data: bytes) -> None:
+    target = (root / rel).resolve()
+    if root.resolve() not in target.parents:
+        raise VolumeError(f"path {rel!r} leaves the volume")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    target.chmod(0o600)  # tokens among them; the processes run as root (docs/testbed.md)
+
+
+def _configmap(kube: Kube, namespace: str, src: Obj, root: Path) -> None:
+    try:
+        cm = kube.get(f"/api/v1/namespaces/{namespace}/configmaps/{src['name']}")
+    except KubeError as e:
+        if e.status == 404 and src.get("optional"):
+            return
+        raise VolumeError(f'configmap "{src["name"]}": {e}') from e
+    data = {k: v.encode() for k, v in (cm.get("data") or {}).items()}
+    data |= {k: base64.b64decode(v) for k, v in (cm.get("binaryData") or {}).items()}
+    items = src.get("items") or [{"key": k, "path": k} for k in data]
+    for item in items:
+        if item["key"] not in data:
+            raise VolumeError(f'configmap "{src["name"]}" has no key {item["key"]!r}')
+        _write(root, item["path"], data[item["key"]])
+
+
+def _downward(pod: Obj, src: Obj, root: Path) -> None:
+    for item in src.get("items", []):
+        if "fieldRef" not in item:
+            raise VolumeError("downwardAPI resourceFieldRef is not supported by the test bed")
+        _write(root, item["path"], _field(pod, item["fieldRef"]["fieldPath"]).encode())
+
+
+def _token(kube: Kube, pod: Obj, src: Obj, root: Path) -> None:
+    """A TokenRequest bound to this pod: the token dies with the pod, as a kubelet's does."""
+    meta = pod["metadata"]
+    sa = pod["spec"].get("serviceAccountName") or "default"
+    spec: Obj = {
+        "expirationSeconds": int(src.get("expirationSeconds", DEFAULT_TOKEN_SECONDS)),
+        "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]},
+    }
+    if src.get("audience"):
+        spec["audiences"] = [src["audience"]]
+    path = f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{sa}/token"
+    try:
+        request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+        answer = kube.create(path, request)
+    except KubeError as e:
+        raise VolumeError(f'token for serviceaccount "{sa}": {e}') from e
+    _write(root, src["path"], answer["status"]["token"].encode())
+
+
+def materialize(kube: Kube, pod: Obj, root: Path) -> dict[str, Path]:
+    """Write every volume of the pod under root/<name>; return name → directory."""
+    namespace = pod["metadata"]["namespace"]
+    made: dict[str, Path] = {}
+    for name, vol in volumes_by_name(pod).items():
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        if "emptyDir" in vol:
+            pass
+        elif "configMap" in vol:
+            _configmap(kube, namespace, vol["configMap"], d)
+        elif "downwardAPI" in vol:
+            _downward(pod, vol["downwardAPI"], d)
+        elif "projected" in vol:
+            for src in vol["projected"].get("sources", []):
+                if "serviceAccountToken" in src:
+                    _token(kube, pod, src["serviceAccountToken"], d)
+                elif "configMap" in src:
+                    _configmap(kube, namespace, src["configMap"], d)
+                elif "downwardAPI" in src:
+                    _downward(pod, src["downwardAPI"], d)
+                else:
+                    raise VolumeError(f"volume {name!r}: projected source {sorted(src)} is not supported")
+        else:
+            kind = next((k for k in vol if k != "name"), "?")
+            raise VolumeError(f"volume {name!r}: type {kind} is not supported by the test bed")
+        made[name] = d
+    return made
+
+
+def binds(container: Obj, made: dict[str, Path]) -> list[tuple[Path, str, bool]]:
+    """(host directory, mountPath, read-only) for each of the container's volumeMounts."""
+    out = []
+    for m in container.get("volumeMounts", []):
+        if m.get("subPath") or m.get("subPathExpr"):
+            raise VolumeError(f"volumeMount {m['name']!r}: subPath is not supported by the test bed")
+        out.append((made[m["name"]], str(m["mountPath"]), bool(m.get("readOnly", False))))
+    return out
+
+
+def bind_args(mounts: list[tuple[Path, str, bool]]) -> list[str]:
+    """The sandbox's --bind arguments for binds()."""
+    return [f"--bind={src}:{dst}{':ro' if ro else ''}" for src, dst, ro in mounts]

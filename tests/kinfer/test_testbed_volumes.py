@@ -1,0 +1,124 @@
+"""The launcher's pod volumes (kinfer.testbed.volumes) on their own; e2e/test_helm.py runs them
+for real under the chart's operator pods."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kinfer.testbed import volumes
+from kinfer.testbed.kube import KubeError
+
+# What the ServiceAccount admission plugin adds to a pod that automounts its token.
+SA_VOLUME = {
+    "name": "kube-api-access-x",
+    "projected": {
+        "sources": [
+            {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {
+                "downwardAPI": {
+                    "items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]
+                }
+            },
+        ]
+    },
+}
+SA_MOUNT = {"name": "kube-api-access-x", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+            "readOnly": True}  # fmt: skip
+
+
+def pod(volumes_: list[dict[str, Any]], mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "op-1", "namespace": "kinfer-system", "uid": "u-1"},
+        "spec": {
+            "serviceAccountName": "kinfer-operator",
+            "containers": [{"name": "operator", "volumeMounts": mounts}],
+            "volumes": volumes_,
+        },
+    }
+
+
+class FakeKube:
+    """The two calls volumes.py makes, answering from a dict of ConfigMaps."""
+
+    def __init__(self, configmaps: dict[str, dict[str, Any]]) -> None:
+        self.configmaps = configmaps
+        self.token_requests: list[tuple[str, dict[str, Any]]] = []
+
+    def get(self, path: str) -> dict[str, Any]:
+        name = path.rsplit("/", 1)[1]
+        if name not in self.configmaps:
+            raise KubeError(404, f'configmaps "{name}" not found')
+        return self.configmaps[name]
+
+    def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.token_requests.append((path, body))
+        return {"status": {"token": "a.b.c"}}
+
+
+def test_a_pod_mounting_the_projected_token_is_recognised() -> None:
+    assert volumes.mounts_token(pod([SA_VOLUME], [SA_MOUNT]))
+    assert not volumes.mounts_token(pod([SA_VOLUME], []))  # declared, never mounted
+    assert not volumes.mounts_token(
+        pod([{"name": "tmp", "emptyDir": {}}], [{"name": "tmp", "mountPath": "/tmp"}])
+    )
+
+
+def test_the_service_account_volume_holds_a_pod_bound_token_the_ca_and_the_namespace(tmp_path: Path) -> None:
+    kube = FakeKube({"kube-root-ca.crt": {"data": {"ca.crt": "CA"}}})
+    made = volumes.materialize(kube, pod([SA_VOLUME], [SA_MOUNT]), tmp_path)  # type: ignore[arg-type]
+    d = made["kube-api-access-x"]
+    assert (d / "token").read_text() == "a.b.c"
+    assert (d / "ca.crt").read_text() == "CA"
+    assert (d / "namespace").read_text() == "kinfer-system"
+    ((path, body),) = kube.token_requests
+    assert path == "/api/v1/namespaces/kinfer-system/serviceaccounts/kinfer-operator/token"
+    assert body["spec"]["boundObjectRef"] == {"apiVersion": "v1", "kind": "Pod", "name": "op-1", "uid": "u-1"}
+    assert body["spec"]["expirationSeconds"] == 3607
+    binds = volumes.binds(pod([SA_VOLUME], [SA_MOUNT])["spec"]["containers"][0], made)
+    assert volumes.bind_args(binds) == [f"--bind={d}:/var/run/secrets/kubernetes.io/serviceaccount:ro"]
+
+
+def test_a_missing_configmap_is_a_mount_error_naming_it_unless_optional(tmp_path: Path) -> None:
+    cfg = {"name": "config", "configMap": {"name": "kinfer-operator"}}
+    with pytest.raises(volumes.VolumeError, match='configmap "kinfer-operator"'):
+        volumes.materialize(FakeKube({}), pod([cfg], []), tmp_path)  # type: ignore[arg-type]
+    cfg["configMap"]["optional"] = True  # type: ignore[index]
+    assert volumes.materialize(FakeKube({}), pod([cfg], []), tmp_path)  # type: ignore[arg-type]
+
+
+def test_every_key_of_a_configmap_becomes_a_file(tmp_path: Path) -> None:
+    kube = FakeKube({"kinfer-operator": {"data": {"config.yaml": "a: 1\n"}, "binaryData": {"b": "AAE="}}})
+    made = volumes.materialize(  # type: ignore[arg-type]
+        kube, pod([{"name": "config", "configMap": {"name": "kinfer-operator"}}], []), tmp_path
+    )
+    assert (made["config"] / "config.yaml").read_text() == "a: 1\n"
+    assert (made["config"] / "b").read_bytes() == b"\x00\x01"
+
+
+@pytest.mark.parametrize(
+    ("volume", "message"),
+    [
+        ({"name": "data", "persistentVolumeClaim": {"claimName": "x"}}, "type persistentVolumeClaim"),
+        ({"name": "s", "projected": {"sources": [{"secret": {"name": "x"}}]}}, "projected source"),
+        (
+            {"name": "c", "configMap": {"name": "cm", "items": [{"key": "k", "path": "../../escape"}]}},
+            "leaves the volume",
+        ),
+    ],
+)
+def test_what_the_test_bed_cannot_do_is_refused_by_name(
+    tmp_path: Path, volume: dict[str, Any], message: str
+) -> None:
+    kube = FakeKube({"cm": {"data": {"k": "v"}}})
+    with pytest.raises(volumes.VolumeError, match=message):
+        volumes.materialize(kube, pod([volume], []), tmp_path)  # type: ignore[arg-type]
+
+
+def test_sub_path_mounts_are_refused() -> None:
+    container = {"volumeMounts": [{"name": "tmp", "mountPath": "/x", "subPath": "y"}]}
+    with pytest.raises(volumes.VolumeError, match="subPath"):
+        volumes.binds(container, {"tmp": Path("/t")})
