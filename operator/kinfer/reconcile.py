@@ -11,11 +11,12 @@ from datetime import datetime
 from typing import Any
 
 from kinfer import status as status_mod
-from kinfer.api.v1alpha1 import validate_spec
+from kinfer.api.v1alpha1 import CanaryStatus, validate_spec
 from kinfer.api.validation import problems
 from kinfer.apply import Applied, ClusterAPI, NamespaceTerminating, key
 from kinfer.render import render
 from kinfer.render.render import HTTP_PORT
+from kinfer.rollout.machine import effective_model
 from kinfer.settings import OperatorConfig
 
 
@@ -96,8 +97,11 @@ def reconcile(
     deployments = cluster.deployments(namespace, name)
     pods = cluster.pods(namespace, name)
     replicas = sum(status_mod.spec_replicas(d) for d in deployments)
+    spec = validate_spec(isvc["spec"])
+    canary_state = previous.get("canary")
+    effective = effective_model(spec, CanaryStatus.model_validate(canary_state) if canary_state else None)
     # In mode metrics the autoscaler owns desiredReplicas; otherwise it is what runs.
-    if validate_spec(isvc["spec"]).scaling.mode == "metrics":
+    if spec.scaling.mode == "metrics":
         desired_replicas = int(previous.get("desiredReplicas", replicas))
     else:
         desired_replicas = replicas
@@ -108,6 +112,7 @@ def reconcile(
         "replicas": sum(int((d.get("status") or {}).get("replicas") or 0) for d in deployments),
         "readyReplicas": sum(int((d.get("status") or {}).get("readyReplicas") or 0) for d in deployments),
         "desiredReplicas": desired_replicas,
+        "effectiveModelUri": effective.uri,
         "url": f"http://{name}.{namespace}.svc:{HTTP_PORT}",
     }
     _finish(cluster, outcome, isvc, previous, new_status)

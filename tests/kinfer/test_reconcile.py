@@ -75,15 +75,14 @@ def test_status_follows_the_deployment() -> None:
     assert _conditions(cluster)["Progressing"] == ("False", "Stable")
     assert (status["replicas"], status["readyReplicas"], status["observedGeneration"]) == (1, 1, 1)
     assert status["url"] == "http://iris.default.svc:8080"
+    assert status["effectiveModelUri"] == "file:///models/iris/model.pt"
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["lastTransitionTime"] == "2026-11-27T12:00:30Z"
 
 
 def test_unschedulable_gpu_pod_degrades_with_the_scheduler_message() -> None:
     cluster = FakeCluster(load(ROOT / "examples" / "gpu-hpa.yaml"))
-    message = (
-        "0/3 nodes are available: 2 Insufficient nvidia.com/gpu, 1 node(s) had untolerated taint"
-    )
+    message = "0/3 nodes are available: 2 Insufficient nvidia.com/gpu, 1 node(s) had untolerated taint"
     cluster.pod_list = [
         {
             "metadata": {"name": "resnet-abc"},
@@ -106,9 +105,7 @@ def test_unschedulable_gpu_pod_degrades_with_the_scheduler_message() -> None:
     assert conds["Ready"] == ("False", "Unschedulable")
     assert ("Warning", "Unschedulable", f"pod resnet-abc: {message}") in outcome.events
     # Still degraded on the next pass: no second warning.
-    assert not [
-        e for e in reconcile(cluster, CONFIG, "vision", "resnet", T0).events if e[0] == "Warning"
-    ]
+    assert not [e for e in reconcile(cluster, CONFIG, "vision", "resnet", T0).events if e[0] == "Warning"]
 
 
 def test_invalid_spec_touches_nothing_and_says_why() -> None:

@@ -41,9 +41,7 @@ def test_golden(example: Path) -> None:
     golden = GOLDEN / f"{example.stem}.yaml"
     if os.environ.get("KINFER_UPDATE_GOLDEN"):
         golden.write_text(out)
-    assert golden.read_text() == out, (
-        f"{golden} is stale: KINFER_UPDATE_GOLDEN=1 pytest tests/kinfer"
-    )
+    assert golden.read_text() == out, f"{golden} is stale: KINFER_UPDATE_GOLDEN=1 pytest tests/kinfer"
 
 
 def test_examples_validate_against_kubernetes_schemas(example: Path) -> None:
@@ -70,9 +68,7 @@ def test_gpu_canary_pods_are_gpu_scheduled_and_restricted() -> None:
         container = _container(deployment)
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
-        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
-            "tolerations"
-        ]
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert container["securityContext"] == {
@@ -119,9 +115,7 @@ def test_ab_header_routes_by_header() -> None:
     objects = render(load(ROOT / "examples" / "ab-header.yaml"), FULL)
     (route,) = _by_kind(objects, "HTTPRoute")
     first, default = route["spec"]["rules"]
-    assert first["matches"][0]["headers"] == [
-        {"type": "Exact", "name": "x-model-variant", "value": "b"}
-    ]
+    assert first["matches"][0]["headers"] == [{"type": "Exact", "name": "x-model-variant", "value": "b"}]
     assert first["backendRefs"][0]["name"] == "recommender-canary"
     assert default["backendRefs"][0]["name"] == "recommender-stable"
     assert {s["metadata"]["name"] for s in _by_kind(objects, "Service")} == {
@@ -161,7 +155,45 @@ def test_no_route_traffic_to_a_pending_canary_and_a_promotion_hands_over() -> No
     isvc["status"]["canary"] = {"phase": "Promoting", "step": 3, "weight": 100}
     assert _weights_and_replicas(isvc) == ([0, 100], [4, 4])
     isvc["status"]["canary"]["phase"] = "Succeeded"
-    assert _weights_and_replicas(isvc) == ([0, 100], [0, 4])
+    # Second half: stable rolls to the canary's model on all replicas, the canary keeps serving.
+    assert _weights_and_replicas(isvc) == ([0, 100], [4, 4])
+    assert _stable_model_uri(isvc) == "pvc://models/ranker/8"
+    isvc["status"]["canary"]["handedOver"] = True
+    assert _weights_and_replicas(isvc) == ([100, 0], [4, 0])
+    promoted = _by_kind(render(isvc, FULL), "Deployment")[0]
+    # The manifest catches up (Git): the same stable Deployment, nothing restarts, and the
+    # empty canary Deployment is no longer rendered (reconcile prunes it).
+    isvc["spec"]["model"] = isvc["spec"]["rollout"].pop("canary")["model"]
+    isvc["status"].pop("canary")
+    deployments = _by_kind(render(isvc, FULL), "Deployment")
+    assert [d["metadata"]["name"] for d in deployments] == ["ranker"]
+    assert deployments[0]["spec"]["template"] == promoted["spec"]["template"]
+
+
+def _stable_model_uri(isvc: dict[str, Any]) -> str:
+    stable = _by_kind(render(isvc, FULL), "Deployment")[0]
+    return str(stable["spec"]["template"]["metadata"]["annotations"]["kinfer.dev/model-uri"])
+
+
+def test_a_status_of_an_earlier_canary_model_does_not_promote_the_new_one() -> None:
+    isvc = load(ROOT / "examples" / "gpu-canary.yaml")
+    isvc["status"] = {
+        "canary": {"phase": "Succeeded", "step": 3, "weight": 100, "revision": "pvc://models/ranker/6"}
+    }
+    assert _stable_model_uri(isvc) == "pvc://models/ranker/7"
+
+
+def test_the_drift_check_makes_canary_pods_shadow_to_the_stable_service() -> None:
+    isvc = load(ROOT / "examples" / "gpu-canary.yaml")
+    stable, canary = _by_kind(render(isvc, FULL), "Deployment")
+    names = lambda d: [e["name"] for e in d["spec"]["template"]["spec"]["containers"][0]["env"]]  # noqa: E731
+    assert "KINFER_SHADOW_URL" not in names(canary)  # off by default
+    isvc["spec"]["rollout"]["canary"]["analysis"]["drift"] = {"maxAbsDiff": 0.01, "samplesPerSecond": 2.5}
+    stable, canary = _by_kind(render(isvc, FULL), "Deployment")
+    env = {e["name"]: e.get("value") for e in canary["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KINFER_SHADOW_URL"] == "http://ranker-stable:8080"
+    assert env["KINFER_SHADOW_RATE"] == "2.5"
+    assert "KINFER_SHADOW_URL" not in names(stable)
 
 
 def test_owner_reference_when_the_resource_has_a_uid() -> None:

@@ -45,9 +45,7 @@ SPEC = api.Rollout(
 PASS = Verdict("passed", "canary p95 120 ms, errors 0.10%, 340 requests")
 SLOW = Verdict("failed", "p95 latency 420 ms > 180 ms", failed_metric=P95_LATENCY)
 ERRORS = Verdict("failed", "error rate 12.00% > 0.50%", failed_metric=ERROR_RATE)
-FEW = Verdict(
-    "inconclusive", "not enough canary traffic: 37 of 200 requests", inconclusive="NotEnoughData"
-)
+FEW = Verdict("inconclusive", "not enough canary traffic: 37 of 200 requests", inconclusive="NotEnoughData")
 DOWN = unavailable("connection refused")
 
 State = Transition | api.CanaryStatus | None
@@ -123,6 +121,23 @@ def test_happy_path_walks_every_step_to_100_percent_and_succeeds() -> None:
     # Terminal: later ticks (the same manifest re-applied, more verdicts) change nothing.
     again = advance(t, to=now + 10 * MIN, verdict=SLOW)
     assert again.status == t.status and not again.events and not again.actions
+
+
+def test_after_promotion_stable_takes_over_once_its_pods_run_the_canary_model() -> None:
+    t = advance(advance(started(), to=T0 + MIN, control="promote"), to=T0 + 2 * MIN)
+    assert phase(t) == ("Succeeded", 0, 100)
+    assert t.status is not None and not t.status.handed_over
+    held = machine.step(SPEC, t.status, None, Controls(), T0 + 3 * MIN, stable_promoted=False)
+    assert held.status == t.status and not held.events  # stable pods still rolling
+    over = machine.step(SPEC, t.status, None, Controls(), T0 + 4 * MIN, stable_promoted=True)
+    assert over.status is not None and over.status.handed_over
+    assert over.actions == [SetWeight(0)] and reasons(over) == ["CanaryHandedOver"]
+    assert "Set spec.model.uri to pvc://models/ranker/8" in over.status.message
+    cond = machine.rollout_condition(over.status)
+    assert cond is not None and cond.status == "True"
+    # Once handed over, nothing more happens until the manifest catches up.
+    later = machine.step(SPEC, over.status, None, Controls(), T0 + 9 * MIN, stable_promoted=True)
+    assert later.status == over.status and not later.events and not later.actions
 
 
 def test_step_events_carry_the_verdict_numbers() -> None:

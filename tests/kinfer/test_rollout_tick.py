@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kinfer.metrics_source import MetricsUnavailable
-from kinfer.rollout.tick import canary_ready, tick
+from kinfer.rollout.tick import canary_ready, stable_promoted, tick
 
 from .conftest import ROOT, load
 
@@ -78,3 +78,35 @@ def test_canary_ready_needs_every_replica_on_the_current_template() -> None:
     stale["metadata"]["generation"] = 2
     assert not canary_ready([stale])
     assert not canary_ready([])
+
+
+def _stable_deployment(uri: str, ready: int, replicas: int | None = None) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "ranker", "generation": 3},
+        "spec": {"replicas": 2, "template": {"metadata": {"annotations": {"kinfer.dev/model-uri": uri}}}},
+        "status": {
+            "observedGeneration": 3,
+            "replicas": 2 if replicas is None else replicas,
+            "updatedReplicas": ready,
+            "readyReplicas": ready,
+        },
+    }
+
+
+def test_stable_is_promoted_when_every_replica_runs_the_canary_model() -> None:
+    new = "pvc://models/ranker/8"
+    assert stable_promoted([_stable_deployment(new, 2)], "ranker", new)
+    assert not stable_promoted([_stable_deployment(new, 1)], "ranker", new)
+    assert not stable_promoted([_stable_deployment(new, 2, replicas=3)], "ranker", new)  # old pod left
+    assert not stable_promoted([_stable_deployment("pvc://models/ranker/7", 2)], "ranker", new)
+    assert not stable_promoted([], "ranker", new)
+
+
+def test_a_succeeded_rollout_is_handed_over_to_stable() -> None:
+    isvc = _isvc()
+    isvc["status"] = {
+        "canary": {"phase": "Succeeded", "step": 3, "weight": 100, "revision": "pvc://models/ranker/8"}
+    }
+    result = tick(isvc, DownSource(), [_stable_deployment("pvc://models/ranker/8", 2)], T0)
+    assert result.status_patch["canary"]["handedOver"] is True
+    assert result.reapply and [e.reason for e in result.events] == ["CanaryHandedOver"]

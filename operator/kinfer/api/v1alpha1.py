@@ -235,6 +235,35 @@ class Scaling(ApiModel):
     """Scale to zero when idle."""
 
 
+class DriftCheck(ApiModel):
+    """Output drift check: canary pods also send a bounded sample of their live requests to the
+    stable track (its answer is discarded) and compare the outputs. Present means on."""
+
+    rules = (
+        Rule(
+            cel="has(self.maxAbsDiff) || has(self.minArgmaxAgreement)",
+            message="set maxAbsDiff, minArgmaxAgreement or both",
+            holds=lambda d: d.max_abs_diff is not None or d.min_argmax_agreement is not None,
+        ),
+    )
+
+    max_abs_diff: Annotated[float, Field(ge=0, le=1_000_000)] | None = None
+    """Largest absolute difference allowed between the two tracks' outputs for one input, over
+    every output element. Compared at the bound of the 1-2-5 series at or above it (0.003 counts
+    as 0.005). Unset: not checked."""
+
+    min_argmax_agreement: Annotated[float, Field(ge=0, le=1)] | None = None
+    """Smallest fraction of sampled rows whose argmax (the predicted class) is the same on both
+    tracks, for classifiers. Range 0-1. Unset: not checked."""
+
+    min_samples: Annotated[int, Field(ge=1, le=100_000)] = 20
+    """Comparisons a step needs before the drift check gives a verdict. Default 20."""
+
+    samples_per_second: Annotated[float, Field(ge=0.01, le=100)] = 1.0
+    """Most live requests each canary pod shadows to stable per second. Range 0.01-100,
+    default 1."""
+
+
 class Analysis(ApiModel):
     """What a canary step must show before it moves on. Compared on the same window as stable."""
 
@@ -246,6 +275,9 @@ class Analysis(ApiModel):
 
     min_requests: Annotated[int, Field(ge=0, le=10_000_000)] = 100
     """Requests the canary must have served in a step before a verdict. Default 100."""
+
+    drift: DriftCheck | None = None
+    """Compare the canary's outputs with stable's on a sample of live inputs. Unset: off."""
 
 
 class Canary(ApiModel):
@@ -314,6 +346,18 @@ class Rollout(ApiModel):
 
 class InferenceServiceSpec(ApiModel):
     """Desired state of an InferenceService."""
+
+    rules = (
+        Rule(
+            cel="!has(self.rollout.canary) || !has(self.rollout.canary.analysis.drift) "
+            "|| self.runtime.server == 'kinfer'",
+            message="the drift check needs runtime.server kinfer: Triton does not shadow requests",
+            holds=lambda s: s.rollout.canary is None
+            or s.rollout.canary.analysis.drift is None
+            or s.runtime.server == "kinfer",
+            field="runtime.server",
+        ),
+    )
 
     model: Model
     """The model to serve. Required."""
@@ -396,6 +440,10 @@ class CanaryStatus(ApiModel):
     revision: str = ""
     """The canary model (uri) this state belongs to; a different canary model starts over."""
 
+    handed_over: bool = False
+    """After promotion: the stable Deployment runs the canary's model on all replicas and the
+    canary Deployment is scaled to zero, so removing spec.rollout.canary costs no capacity."""
+
 
 class InferenceServiceStatus(ApiModel):
     """Observed state, written by the operator."""
@@ -414,6 +462,10 @@ class InferenceServiceStatus(ApiModel):
 
     desired_replicas: int = 0
     """Replicas the autoscaler wants."""
+
+    effective_model_uri: str = ""
+    """The model the stable track serves: spec.model.uri, or the promoted canary's model until
+    the manifest names it (set spec.model.uri to it and remove spec.rollout.canary)."""
 
     last_scale_time: str = ""
     """When the replica count last changed (RFC 3339)."""

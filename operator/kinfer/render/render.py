@@ -8,13 +8,14 @@ replica split, pod settings) are made here in Python; the jinja2 templates only 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jinja2
 import yaml
 
 from kinfer.api import v1alpha1 as api
+from kinfer.rollout.machine import effective_model
 from kinfer.settings import OperatorConfig
 
 HTTP_PORT = 8080
@@ -50,6 +51,7 @@ class Track:
     args: list[str]
     volumes: list[dict[str, Any]] = field(default_factory=list)
     volume_mounts: list[dict[str, Any]] = field(default_factory=list)
+    env: list[dict[str, str]] = field(default_factory=list)
 
 
 def owner_labels(name: str) -> dict[str, str]:
@@ -94,8 +96,10 @@ def canary_weight(canary: api.Canary, status: dict[str, Any]) -> int:
     phase = state.get("phase")
     if phase in ("RollingBack", "Failed"):
         return 0
-    if phase in ("Promoting", "Succeeded"):
+    if phase == "Promoting":
         return 100
+    if phase == "Succeeded":
+        return 0 if state.get("handedOver") else 100  # all back to stable, now on the new model
     if "weight" in state:
         return int(state["weight"])
     return canary.steps[0]
@@ -212,21 +216,35 @@ def tracks(name: str, spec: api.InferenceServiceSpec, status: dict[str, Any]) ->
         stable_replicas = total
     result = []
     canary_replicas = 0
+    state = status.get("canary") or {}
+    stable_model = effective_model(spec, api.CanaryStatus.model_validate(state) if state else None)
     if canary is not None:
         if spec.rollout.ab_test is not None:
             # Header routing: the canary takes whatever matches; keep it at the floor.
             canary_replicas = max(spec.scaling.min_replicas, 1)
-        elif (status.get("canary") or {}).get("phase") == "Promoting":
+        elif state.get("phase") == "Promoting":
             # Hand over like blue/green: the canary grows to the full count while stable keeps
-            # serving; stable goes to zero only once the rollout has Succeeded.
+            # serving its own model on its own pods.
             canary_replicas = total
+        elif state.get("phase") == "Succeeded":
+            # Second half: stable rolls to the canary's model (effective_model) on the full
+            # count; the canary keeps its pods until those are ready (handedOver), then none.
+            canary_replicas = 0 if state.get("handedOver") else total
         else:
             stable_split, canary_replicas = split_replicas(total, canary_weight(canary, status))
             if stable_replicas is not None:
                 stable_replicas = stable_split
-    result.append(_track(name, "stable", spec, spec.model, stable_replicas))
+    result.append(_track(name, "stable", spec, stable_model, stable_replicas))
     if canary is not None:
-        result.append(_track(name, "canary", spec, canary.model, canary_replicas))
+        canary_track = _track(name, "canary", spec, canary.model, canary_replicas)
+        if canary.analysis.drift is not None:
+            # The canary's runtime shadows a sample of its requests to stable (drift check).
+            rate = canary.analysis.drift.samples_per_second
+            canary_track = replace(canary_track, env=[
+                {"name": "KINFER_SHADOW_URL", "value": f"http://{name}-stable:{HTTP_PORT}"},
+                {"name": "KINFER_SHADOW_RATE", "value": f"{rate:g}"},
+            ])  # fmt: skip
+        result.append(canary_track)
     return result
 
 

@@ -7,13 +7,17 @@ stepStartedAt), so an operator restart continues at the same step and weight.
 
 Phases::
 
-    Pending -> Progressing(step i, weight w) -> ... -> Promoting -> Succeeded
+    Pending -> Progressing(step i, weight w) -> ... -> Promoting -> Succeeded -> (handed over)
        \\            |    ^                      |
         \\           v    | resume               v
          \\-------> Paused                    RollingBack -> Failed
 
 Traffic follows from status alone: ``render`` sends ``weight`` percent to the canary, 0 % in
-RollingBack and Failed, 100 % in Promoting and Succeeded.
+RollingBack and Failed, 100 % in Promoting and Succeeded until ``handedOver``. Promotion is a
+blue/green handover in two halves: in Promoting the canary grows to the full replica count while
+stable keeps its pods; in Succeeded the stable Deployment switches to the canary's model (the
+effective model) on all replicas, and once those are ready the canary is scaled to zero
+(``handedOver``). Removing spec.rollout.canary after that prunes an empty Deployment.
 """
 
 from __future__ import annotations
@@ -174,9 +178,11 @@ def step(
     now: datetime,
     *,
     canary_ready: bool = True,
+    stable_promoted: bool = False,
 ) -> Transition:
     """One tick. ``verdict`` is the analysis of the window ``analysis_window`` asked for (None
-    when none was read); ``canary_ready``: every desired canary replica is ready."""
+    when none was read); ``canary_ready``: every desired canary replica is ready;
+    ``stable_promoted``: every stable replica runs the canary's model and is ready."""
     canary = spec.canary
     if canary is None:
         if status is None:
@@ -197,6 +203,8 @@ def step(
     if status.phase == "RollingBack":
         failed = _status(canary, "Failed", status.step, 0, status.step_started_at, status.message)
         return Transition(failed, [], [Event("CanaryFailed", status.message, "Warning")])
+    if status.phase == "Succeeded" and not status.handed_over and stable_promoted:
+        return _hand_over(canary, status)
     return Transition(status)  # Paused, Succeeded, Failed hold
 
 
@@ -333,6 +341,16 @@ def _promoting(canary: api.Canary, status: api.CanaryStatus, canary_ready: bool)
     return Transition(done, [Promote(canary.model)], [Event("CanarySucceeded", message)])
 
 
+def _hand_over(canary: api.Canary, status: api.CanaryStatus) -> Transition:
+    uri = canary.model.uri
+    message = (
+        f"stable now serves {uri} on all replicas; the canary is scaled to zero. Set "
+        f"spec.model.uri to {uri} and remove spec.rollout.canary in your manifest"
+    )
+    done = status.model_copy(update={"handed_over": True, "message": message})
+    return Transition(done, [SetWeight(0)], [Event("CanaryHandedOver", message)])
+
+
 def _roll_back(canary: api.Canary, status: api.CanaryStatus, reason: str) -> Transition:
     back = _status(canary, "RollingBack", status.step, 0, status.step_started_at, reason)
     return Transition(back, [RollBack(reason)], [Event("CanaryRollingBack", reason, "Warning")])
@@ -342,11 +360,13 @@ def _roll_back(canary: api.Canary, status: api.CanaryStatus, reason: str) -> Tra
 
 
 def effective_model(spec: api.InferenceServiceSpec, status: api.CanaryStatus | None) -> api.Model:
-    """The model serving stable traffic: the canary's once promoted, else spec.model."""
+    """The model the stable Deployment runs: the canary's once the rollout Succeeded (stable
+    keeps its own model through Promoting, while it still serves), else spec.model."""
     canary = spec.rollout.canary
-    if canary is not None and status is not None and status.phase in ("Promoting", "Succeeded"):
-        return canary.model
-    return spec.model
+    if canary is None or status is None or status.phase != "Succeeded":
+        return spec.model
+    # A status left by an earlier canary model says nothing about this one (tick resets it).
+    return canary.model if status.revision in ("", canary.model.uri) else spec.model
 
 
 def rollout_condition(status: api.CanaryStatus | None) -> api.Condition | None:

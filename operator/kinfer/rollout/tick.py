@@ -33,6 +33,23 @@ def canary_ready(deployments: list[dict[str, Any]]) -> bool:
     return False
 
 
+def stable_promoted(deployments: list[dict[str, Any]], name: str, uri: str) -> bool:
+    """Every stable replica runs model ``uri`` on the current template and is ready."""
+    for d in deployments:
+        if d["metadata"]["name"] == name:
+            template = d["spec"]["template"]["metadata"].get("annotations") or {}
+            st = d.get("status") or {}
+            want = status_mod.spec_replicas(d)
+            return (
+                template.get("kinfer.dev/model-uri") == uri
+                and int(st.get("observedGeneration") or 0) >= int(d["metadata"].get("generation") or 0)
+                and int(st.get("updatedReplicas") or 0) >= want
+                and int(st.get("readyReplicas") or 0) >= want
+                and int(st.get("replicas") or 0) == want  # no pod of the old model left
+            )
+    return False
+
+
 def tick(
     isvc: dict[str, Any],
     source: MetricsSource,
@@ -54,7 +71,11 @@ def tick(
     if window is not None and canary is not None:
         verdict = analysis.analyze(source, meta["namespace"], meta["name"], canary.analysis, window)
     controls = machine.parse_controls(meta.get("annotations"))
-    moved = machine.step(spec.rollout, state, verdict, controls, now, canary_ready=canary_ready(deployments))
+    promoted = canary is not None and stable_promoted(deployments, meta["name"], canary.model.uri)
+    moved = machine.step(
+        spec.rollout, state, verdict, controls, now,
+        canary_ready=canary_ready(deployments), stable_promoted=promoted,
+    )  # fmt: skip
     new_canary = None
     if moved.status is not None and canary is not None:
         new_canary = moved.status.model_copy(update={"revision": canary.model.uri}).model_dump(by_alias=True)
