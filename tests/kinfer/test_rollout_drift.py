@@ -1,111 +1,116 @@
-"""Output drift: comparison, tally and verdict, the bounded-rate sampler, and one shadow call."""
+"""Output drift: the canary's shadow comparisons read from Prometheus and judged.
+
+The comparing itself happens in the canary's runtime (tests/kinfer_runtime/test_shadow.py); the
+e2e rollout tests run both halves against real Prometheus.
+"""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
+from kinfer.api import v1alpha1 as api
+from kinfer.metrics_source import MetricsUnavailable
 from kinfer.rollout.analysis import OUTPUT_DRIFT
-from kinfer.rollout.drift import (
-    ENABLED_BY_DEFAULT,
-    Drift,
-    RateSampler,
-    Rows,
-    Tally,
-    Thresholds,
-    compare,
-    judge_drift,
-    shadow,
+from kinfer.rollout.drift import BUCKETS, DriftStats, analyze, bound, judge, queries
+
+
+def stats(
+    samples: float, above: float = 0, rows: float | None = None, agree: float | None = None
+) -> DriftStats:
+    rows = samples if rows is None else rows
+    return DriftStats(samples, rows, rows if agree is None else agree, above, errors=0)
+
+
+def test_the_buckets_are_the_runtimes_1_2_5_series() -> None:
+    assert BUCKETS[:4] == (1e-6, 2e-6, 5e-6, 1e-5) and BUCKETS[-1] == 100
+    assert len(BUCKETS) == 25
+
+
+@pytest.mark.parametrize(
+    ("threshold", "compared_at"),
+    [(0.003, 0.005), (0.01, 0.01), (0, 1e-6), (150, float("inf"))],
 )
+def test_a_threshold_is_compared_at_the_bucket_bound_at_or_above_it(
+    threshold: float, compared_at: float
+) -> None:
+    assert bound(threshold) == compared_at
 
 
-def test_identical_outputs_do_not_drift() -> None:
-    out = [[0.1, 0.7, 0.2], [0.5, 0.25, 0.25]]
-    assert compare(out, out) == Drift(rows=2, max_abs_diff=0.0, argmax_agree=2)
+def test_no_verdict_before_enough_comparisons() -> None:
+    verdict = judge(api.DriftCheck(max_abs_diff=0.01, min_samples=20), stats(7))
+    assert verdict.inconclusive == "NotEnoughData" and "7 of 20" in verdict.message
 
 
-def test_compare_reports_the_largest_difference_and_argmax_agreement() -> None:
-    stable = [[0.1, 0.7, 0.2], [0.5, 0.3, 0.2]]
-    canary = [[0.1, 0.6, 0.3], [0.2, 0.6, 0.2]]  # row 2 now picks another class
-    d = compare(stable, canary)
-    assert (d.rows, d.argmax_agree) == (2, 1)
-    assert d.max_abs_diff == pytest.approx(0.3)
+def test_a_request_above_the_threshold_fails_naming_the_numbers() -> None:
+    verdict = judge(api.DriftCheck(max_abs_diff=0.003), stats(40, above=3))
+    assert verdict.failed and verdict.failed_metric == OUTPUT_DRIFT
+    assert "3 of 40 sampled requests differ from stable by more than 0.005" in verdict.message
 
 
-def test_a_shape_change_is_infinite_drift() -> None:
-    assert compare([[1.0, 2.0]], [[1.0, 2.0, 3.0]]) == Drift(1, math.inf, 0)
-    assert compare([[1.0]], [[1.0], [1.0]]) == Drift(1, math.inf, 0)
+def test_extrapolation_noise_is_not_a_sample() -> None:
+    assert judge(api.DriftCheck(max_abs_diff=0.01), stats(40, above=0.2)).passed
 
 
-def tally_of(*drifts: Drift | None) -> Tally:
-    t = Tally()
-    for d in drifts:
-        t = t.add(d)
-    return t
+def test_low_argmax_agreement_fails() -> None:
+    spec = api.DriftCheck(min_argmax_agreement=0.99)
+    verdict = judge(spec, stats(40, rows=100, agree=90))
+    assert verdict.failed and "argmax agreement 90.0% < 99.0%" in verdict.message
+    assert judge(spec, stats(40, rows=100, agree=100)).passed
 
 
-def test_the_verdict_waits_for_enough_samples() -> None:
-    v = judge_drift(Thresholds(min_samples=3), tally_of(Drift(1, 0, 1), None))
-    assert (v.outcome, v.inconclusive) == ("inconclusive", "NotEnoughData")
-    assert v.message == "drift: 1 of 3 shadow samples"
+def test_same_outputs_pass_with_the_numbers() -> None:
+    verdict = judge(api.DriftCheck(max_abs_diff=0.01, min_argmax_agreement=0.99), stats(25))
+    assert verdict.passed
+    assert (
+        verdict.message
+        == "drift: max abs diff within 0.01, 25 comparisons, argmax agreement 100.0% over 25 rows"
+    )
 
 
-def test_low_argmax_agreement_fails_the_canary() -> None:
-    t = tally_of(*[Drift(10, 0.01, 9)] * 5)
-    v = judge_drift(Thresholds(min_argmax_agreement=0.95, min_samples=5), t)
-    assert (v.outcome, v.failed_metric) == ("failed", OUTPUT_DRIFT)
-    assert v.message.startswith("output drift: argmax agreement 90.0% < 95.0%")
+class Recorded:
+    """Answers queries by the metric they name; records what was asked."""
+
+    def __init__(self, values: dict[str, float | None]) -> None:
+        self.values, self.asked = values, []  # type: ignore[var-annotated]
+
+    def scalar(self, promql: str) -> float | None:
+        self.asked.append(promql)
+        for metric, value in self.values.items():
+            if metric in promql:
+                return value
+        return None
 
 
-def test_max_abs_diff_threshold() -> None:
-    t = tally_of(*[Drift(4, 0.002, 4)] * 5)
-    loose = judge_drift(Thresholds(max_abs_diff=0.01, min_samples=5), t)
-    assert loose.passed
-    assert loose.message == "drift: max abs diff 0.002, argmax agreement 100.0% over 20 rows"
-    tight = judge_drift(Thresholds(max_abs_diff=0.001, min_samples=5), t)
-    assert tight.failed and "0.002 > 0.001" in tight.message
+def test_analyze_reads_the_canary_track_over_the_window() -> None:
+    source = Recorded(
+        {
+            "comparisons_total": 30,
+            "rows_total": 30,
+            "argmax_agree_total": 30,
+            "max_abs_diff_bucket": 27,  # 3 comparisons above 0.005
+            "errors_total": None,  # no series: no error
+        }
+    )
+    verdict = analyze(source, "search", "ranker", api.DriftCheck(max_abs_diff=0.004), 120)
+    assert verdict.failed and "3 of 30" in verdict.message
+    assert all('kinfer_dev_track="canary"' in q and "[120s]" in q for q in source.asked)
+    assert any('le="0.005"' in q for q in source.asked)
 
 
-def test_sampler_bounds_the_rate_whatever_the_traffic() -> None:
-    sampler = RateSampler(per_second=2, burst=2)
-    # 1000 requests a second for 10 seconds, timestamps passed in.
-    admitted = sum(sampler.admit(i / 1000) for i in range(10_000))
-    # The burst, then 2 a second over the 9.999 s the timestamps span.
-    assert admitted == 2 + 19
-    with pytest.raises(ValueError):
-        RateSampler(per_second=0)
+def test_queries_name_the_bucket_as_prometheus_client_writes_it() -> None:
+    assert 'le="1e-06"' in queries("ns", "x", 60, 1e-6)["within"]
+    assert 'le="1.0"' in queries("ns", "x", 60, 1.0)["within"]
+    assert 'le="+Inf"' in queries("ns", "x", 60, float("inf"))["within"]
 
 
-def test_sampler_refills_after_a_quiet_period_up_to_the_burst() -> None:
-    sampler = RateSampler(per_second=1, burst=3)
-    assert [sampler.admit(0.0) for _ in range(4)] == [True, True, True, False]
-    assert [sampler.admit(100.0) for _ in range(4)] == [True, True, True, False]
+def test_prometheus_down_holds() -> None:
+    class Down:
+        def scalar(self, promql: str) -> float | None:
+            raise MetricsUnavailable("connection refused")
 
-
-def test_shadow_sends_the_same_input_to_both_tracks() -> None:
-    seen: list[Rows] = []
-
-    def stable(x: Rows) -> Rows:
-        seen.append(x)
-        return [[v * 2 for v in row] for row in x]
-
-    def canary(x: Rows) -> Rows:
-        seen.append(x)
-        return [[v * 2 + 0.5 for v in row] for row in x]
-
-    inputs = [[1.0, 2.0]]
-    assert shadow(inputs, stable, canary) == Drift(1, 0.5, 1)
-    assert seen == [inputs, inputs]
-
-
-def test_a_failed_shadow_call_is_a_lost_sample_not_drift() -> None:
-    def broken(x: Rows) -> Rows:
-        raise ConnectionError("canary unreachable")
-
-    assert shadow([[1.0]], lambda x: x, broken) is None
-    assert tally_of(None).failures == 1
+    verdict = analyze(Down(), "ns", "x", api.DriftCheck(max_abs_diff=0.01), 60)
+    assert verdict.inconclusive == "MetricsUnavailable"
 
 
 def test_off_by_default() -> None:
-    assert ENABLED_BY_DEFAULT is False
+    assert api.Analysis().drift is None

@@ -110,3 +110,35 @@ def test_a_succeeded_rollout_is_handed_over_to_stable() -> None:
     result = tick(isvc, DownSource(), [_stable_deployment("pvc://models/ranker/8", 2)], T0)
     assert result.status_patch["canary"]["handedOver"] is True
     assert result.reapply and [e.reason for e in result.events] == ["CanaryHandedOver"]
+
+
+class Answers:
+    """Prometheus answers picked by the first matching fragment of the query."""
+
+    def __init__(self, *answers: tuple[str, float]) -> None:
+        self.answers = answers
+
+    def scalar(self, promql: str) -> float | None:
+        return next((value for fragment, value in self.answers if fragment in promql), None)
+
+
+def test_a_step_with_good_metrics_but_drifting_outputs_rolls_back() -> None:
+    isvc = _isvc()
+    isvc["spec"]["rollout"]["canary"]["analysis"]["drift"] = {"maxAbsDiff": 0.01}
+    started = (T0 - timedelta(seconds=130)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    isvc["status"] = {
+        "canary": {"phase": "Progressing", "step": 0, "weight": 10, "stepStartedAt": started,
+                   "revision": "pvc://models/ranker/8"}
+    }  # fmt: skip
+    healthy = (('code=~"5.."', 0.0), ("kinfer_requests_total", 500.0), ("histogram_quantile", 0.05))
+    drifting = (("comparisons_total", 30.0), ("rows_total", 30.0), ("agree_total", 30.0),
+                ("max_abs_diff_bucket", 12.0))  # fmt: skip
+    result = tick(isvc, Answers(*healthy, *drifting), [_canary_deployment(1)], T0)
+    canary = result.status_patch["canary"]
+    assert canary["phase"] == "RollingBack"
+    assert "output drift: 18 of 30 sampled requests differ from stable by more than 0.01" in canary["message"]
+    same = (("comparisons_total", 30.0), ("rows_total", 30.0), ("agree_total", 30.0),
+            ("max_abs_diff_bucket", 30.0))  # fmt: skip
+    result = tick(isvc, Answers(*healthy, *same), [_canary_deployment(1)], T0)
+    assert result.status_patch["canary"]["phase"] == "Progressing"
+    assert result.status_patch["canary"]["step"] == 1

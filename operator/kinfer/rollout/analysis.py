@@ -65,7 +65,7 @@ def unavailable(why: str) -> Verdict:
 # --- PromQL -------------------------------------------------------------------------------------
 
 
-def _selector(namespace: str, name: str, track: str, extra: str = "") -> str:
+def selector(namespace: str, name: str, track: str, extra: str = "") -> str:
     # Label values come from validated DNS names; quote them anyway so a stray quote cannot leak.
     labels = [
         f'namespace="{_quote(namespace)}"',
@@ -84,9 +84,9 @@ def _quote(value: str) -> str:
 def queries(namespace: str, name: str, track: str, window_s: int) -> dict[str, str]:
     """The three instant queries for one track: requests, errors (5xx) and p95 seconds."""
     w = f"[{int(window_s)}s]"
-    total = _selector(namespace, name, track)
-    errors = _selector(namespace, name, track, 'code=~"5.."')
-    buckets = _selector(namespace, name, track, 'phase="total"')
+    total = selector(namespace, name, track)
+    errors = selector(namespace, name, track, 'code=~"5.."')
+    buckets = selector(namespace, name, track, 'phase="total"')
     return {
         "requests": f"sum(increase(kinfer_requests_total{total}{w}))",
         "errors": f"sum(increase(kinfer_requests_total{errors}{w}))",

@@ -1,142 +1,124 @@
-"""Output drift check: does the canary answer the same inputs the way stable does? Off by default.
+"""Output drift check: does the canary answer live inputs the way stable does? Off by default.
 
-What is here and tested: the comparison of two outputs (``compare``: max abs diff and argmax
-agreement per row), a running tally and its verdict (``Tally``, ``judge_drift``), a bounded-rate
-sampler on passed-in timestamps (``RateSampler``), and ``shadow``, which sends one input to two
-callables and compares what they return.
+With ``spec.rollout.canary.analysis.drift`` set, render gives the canary pods
+``KINFER_SHADOW_URL`` (the stable track's Service) and ``KINFER_SHADOW_RATE``. Each canary
+runtime then sends a bounded sample of the requests it answered to stable as well (stable's
+answer is discarded; users only ever see the track they were routed to), compares the outputs
+and exports the comparison (runtime/kinfer_runtime/shadow.py):
 
-What is not wired: nothing captures live request inputs yet, and no analysis spec field enables
-this (the proposed ``spec.rollout.canary.analysis.drift`` is in docs/rollout.md). The intended
-wiring: the operator's canary timer, during Progressing, takes inputs the runtime sampled at a
-bounded rate, calls ``shadow`` with the stable and canary Services' v2 infer calls (answers
-discarded; users only ever see the track they were routed to), and ``analysis.combine``s
-``judge_drift`` with the metrics verdict.
+- ``kinfer_shadow_comparisons_total``, ``kinfer_shadow_rows_total``,
+  ``kinfer_shadow_argmax_agree_total`` (rows of the first output whose argmax agrees);
+- ``kinfer_shadow_max_abs_diff`` histogram, one observation per comparison, 1-2-5 buckets from
+  1e-6 to 100 (a shape or name mismatch is +Inf);
+- ``kinfer_shadow_errors_total{reason}``.
+
+Here the step's window is read from Prometheus (``read``, the only I/O) and judged (``judge``,
+pure). A threshold between bucket bounds is compared at the bound above it.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+import bisect
+from dataclasses import dataclass
 
-from kinfer.rollout.analysis import OUTPUT_DRIFT, Verdict
+from prometheus_client.utils import floatToGoString
 
-Rows = Sequence[Sequence[float]]  # one output row per input row (logits, scores, ...)
+from kinfer.api import v1alpha1 as api
+from kinfer.metrics_source import MetricsSource, MetricsUnavailable
+from kinfer.rollout.analysis import OUTPUT_DRIFT, Verdict, selector, unavailable
 
-ENABLED_BY_DEFAULT = False
-
-
-@dataclass(frozen=True)
-class Drift:
-    """One comparison. A shape mismatch is infinite drift with no agreeing row."""
-
-    rows: int
-    max_abs_diff: float
-    argmax_agree: int
+# The runtime's histogram buckets (runtime/kinfer_runtime/shadow.py): 1-2-5 from 1e-6 to 100.
+BUCKETS = tuple(float(f"{m}e{e}") for e in range(-6, 3) for m in (1, 2, 5) if float(f"{m}e{e}") <= 100)
+# increase() extrapolates to the window's edges: a count below this is rounding, not a sample.
+HALF_A_SAMPLE = 0.5
 
 
-def _argmax(row: Sequence[float]) -> int:
-    return max(range(len(row)), key=row.__getitem__) if row else -1
-
-
-def compare(stable: Rows, canary: Rows) -> Drift:
-    if len(stable) != len(canary) or any(len(a) != len(b) for a, b in zip(stable, canary, strict=True)):
-        return Drift(rows=len(stable), max_abs_diff=math.inf, argmax_agree=0)
-    pairs = list(zip(stable, canary, strict=True))
-    diff = max((abs(x - y) for a, b in pairs for x, y in zip(a, b, strict=True)), default=0.0)
-    agree = sum(_argmax(a) == _argmax(b) for a, b in pairs)
-    return Drift(rows=len(stable), max_abs_diff=diff, argmax_agree=agree)
+def bound(max_abs_diff: float) -> float:
+    """The bucket bound a threshold is compared at: the smallest at or above it (inf above 100)."""
+    i = bisect.bisect_left(BUCKETS, max_abs_diff)
+    return BUCKETS[i] if i < len(BUCKETS) else float("inf")
 
 
 @dataclass(frozen=True)
-class Tally:
-    """Comparisons so far in one step; ``failures`` counts shadow calls that raised."""
+class DriftStats:
+    """The canary's shadow comparisons over one window."""
 
-    samples: int = 0
-    rows: int = 0
-    argmax_agree: int = 0
-    max_abs_diff: float = 0.0
-    failures: int = 0
-
-    def add(self, d: Drift | None) -> Tally:
-        if d is None:
-            return replace(self, failures=self.failures + 1)
-        return Tally(
-            samples=self.samples + 1,
-            rows=self.rows + d.rows,
-            argmax_agree=self.argmax_agree + d.argmax_agree,
-            max_abs_diff=max(self.max_abs_diff, d.max_abs_diff),
-            failures=self.failures,
-        )
+    samples: float  # comparisons made
+    rows: float  # rows compared (first output)
+    argmax_agree: float  # rows whose argmax agrees
+    above: float  # comparisons whose max abs diff is above the threshold's bound
+    errors: float  # shadow calls that failed or were dropped
 
     @property
     def agreement(self) -> float | None:
-        return self.argmax_agree / self.rows if self.rows else None
+        return self.argmax_agree / self.rows if self.rows >= HALF_A_SAMPLE else None
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """Proposed spec.rollout.canary.analysis.drift. None disables a check."""
+def queries(namespace: str, name: str, window_s: int, limit: float) -> dict[str, str]:
+    w = f"[{int(window_s)}s]"
+    canary = selector(namespace, name, "canary")
+    le = "+Inf" if limit == float("inf") else floatToGoString(limit)  # type: ignore[no-untyped-call]
+    within = selector(namespace, name, "canary", f'le="{le}"')
+    return {
+        "samples": f"sum(increase(kinfer_shadow_comparisons_total{canary}{w}))",
+        "rows": f"sum(increase(kinfer_shadow_rows_total{canary}{w}))",
+        "agree": f"sum(increase(kinfer_shadow_argmax_agree_total{canary}{w}))",
+        "within": f"sum(increase(kinfer_shadow_max_abs_diff_bucket{within}{w}))",
+        "errors": f"sum(increase(kinfer_shadow_errors_total{canary}{w}))",
+    }
 
-    max_abs_diff: float | None = None
-    min_argmax_agreement: float | None = 0.99
-    min_samples: int = 20
+
+def read(source: MetricsSource, namespace: str, name: str, spec: api.DriftCheck, window_s: int) -> DriftStats:
+    """Raises MetricsUnavailable. No series yet (no comparison made) reads as zero."""
+    limit = bound(spec.max_abs_diff) if spec.max_abs_diff is not None else float("inf")
+    q = queries(namespace, name, window_s, limit)
+    value = {k: source.scalar(v) or 0.0 for k, v in q.items()}
+    return DriftStats(
+        samples=value["samples"],
+        rows=value["rows"],
+        argmax_agree=value["agree"],
+        above=max(0.0, value["samples"] - value["within"]),
+        errors=value["errors"],
+    )
 
 
-def judge_drift(th: Thresholds, tally: Tally) -> Verdict:
-    if tally.samples < th.min_samples:
+def judge(spec: api.DriftCheck, stats: DriftStats) -> Verdict:
+    """Pure verdict on one window's comparisons."""
+    errors = f", {stats.errors:.0f} shadow calls failed" if stats.errors >= HALF_A_SAMPLE else ""
+    if stats.samples < spec.min_samples:
         return Verdict(
             "inconclusive",
-            f"drift: {tally.samples} of {th.min_samples} shadow samples",
+            f"drift: {stats.samples:.0f} of {spec.min_samples} shadow comparisons{errors}",
             inconclusive="NotEnoughData",
         )
-    numbers = (
-        f"max abs diff {tally.max_abs_diff:.3g}, argmax agreement "
-        f"{(tally.agreement or 0) * 100:.1f}% over {tally.rows} rows"
-    )
-    if th.max_abs_diff is not None and tally.max_abs_diff > th.max_abs_diff:
+    agreement = stats.agreement
+    shown = "n/a" if agreement is None else f"{agreement * 100:.1f}%"
+    numbers = f"{stats.samples:.0f} comparisons, argmax agreement {shown} over {stats.rows:.0f} rows{errors}"
+    if spec.max_abs_diff is not None and stats.above >= HALF_A_SAMPLE:
+        limit = bound(spec.max_abs_diff)
         return Verdict(
             "failed",
-            f"output drift: max abs diff {tally.max_abs_diff:.3g} > {th.max_abs_diff:.3g}; " + numbers,
+            f"output drift: {stats.above:.0f} of {stats.samples:.0f} sampled requests differ from "
+            f"stable by more than {limit:g} (maxAbsDiff {spec.max_abs_diff:g}); {numbers}",
             failed_metric=OUTPUT_DRIFT,
         )
-    agreement = tally.agreement or 0.0
-    if th.min_argmax_agreement is not None and agreement < th.min_argmax_agreement:
+    if (
+        spec.min_argmax_agreement is not None
+        and agreement is not None
+        and agreement < spec.min_argmax_agreement
+    ):
         return Verdict(
             "failed",
-            f"output drift: argmax agreement {agreement * 100:.1f}% < "
-            f"{th.min_argmax_agreement * 100:.1f}%; " + numbers,
+            f"output drift: argmax agreement {shown} < {spec.min_argmax_agreement * 100:.1f}%; {numbers}",
             failed_metric=OUTPUT_DRIFT,
         )
-    return Verdict("passed", "drift: " + numbers)
+    within = f"max abs diff within {bound(spec.max_abs_diff):g}, " if spec.max_abs_diff is not None else ""
+    return Verdict("passed", f"drift: {within}{numbers}")
 
 
-class RateSampler:
-    """Token bucket on timestamps the caller passes (monotonic seconds): at most ``per_second``
-    samples on average and ``burst`` at once, however much traffic arrives."""
-
-    def __init__(self, per_second: float, burst: int = 1) -> None:
-        if per_second <= 0 or burst < 1:
-            raise ValueError("per_second must be > 0 and burst >= 1")
-        self.per_second = per_second
-        self.burst = burst
-        self._tokens = float(burst)
-        self._last: float | None = None
-
-    def admit(self, now: float) -> bool:
-        if self._last is not None:
-            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.per_second)
-        self._last = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        return False
-
-
-def shadow(inputs: Rows, stable: Callable[[Rows], Rows], canary: Callable[[Rows], Rows]) -> Drift | None:
-    """Send one sampled input to both tracks and compare. None when either call fails: a failed
-    shadow call says nothing about drift (errors are the metrics analysis' business)."""
+def analyze(source: MetricsSource, namespace: str, name: str, spec: api.DriftCheck, window_s: int) -> Verdict:
     try:
-        return compare(stable(inputs), canary(inputs))
-    except Exception:  # any transport or decode failure is one lost sample
-        return None
+        stats = read(source, namespace, name, spec, window_s)
+    except MetricsUnavailable as exc:
+        return unavailable(str(exc) or type(exc).__name__)
+    return judge(spec, stats)

@@ -13,7 +13,7 @@ from typing import Any
 from kinfer import status as status_mod
 from kinfer.api import v1alpha1 as api
 from kinfer.metrics_source import MetricsSource
-from kinfer.rollout import analysis, machine
+from kinfer.rollout import analysis, drift, machine
 
 
 @dataclass
@@ -70,6 +70,9 @@ def tick(
     verdict = None
     if window is not None and canary is not None:
         verdict = analysis.analyze(source, meta["namespace"], meta["name"], canary.analysis, window)
+        if canary.analysis.drift is not None:
+            found = drift.analyze(source, meta["namespace"], meta["name"], canary.analysis.drift, window)
+            verdict = analysis.combine(verdict, found)
     controls = machine.parse_controls(meta.get("annotations"))
     promoted = canary is not None and stable_promoted(deployments, meta["name"], canary.model.uri)
     moved = machine.step(
