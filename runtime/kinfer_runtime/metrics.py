@@ -5,6 +5,13 @@
 - kinfer_request_duration_seconds{model,phase} histogram; phase = total | queue | compute
 - kinfer_batch_size{model}                     histogram of rows per forward
 - kinfer_requests_total{model,code}            counter; code = HTTP status (gRPC mapped to it)
+
+Canary drift check (`shadow.py`; zero unless --shadow-url is set):
+- kinfer_shadow_comparisons_total{model}       counter: canary answers compared with the stable's
+- kinfer_shadow_rows_total{model}              counter: rows compared (the first output's rows)
+- kinfer_shadow_argmax_agree_total{model}      counter: of those, rows whose argmax agrees
+- kinfer_shadow_max_abs_diff{model}            histogram: per comparison, max |canary - stable|
+- kinfer_shadow_errors_total{model,reason}     counter; reason = http | timeout | dropped | decode
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ LATENCY_BUCKETS = (
     0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# 1-2-5 series from 1e-6 to 100; a shape or name mismatch observes +Inf (the +Inf bucket only)
+DIFF_BUCKETS = (*(float(f"{m}e{e}") for e in range(-6, 2) for m in (1, 2, 5)), 100.0)
+SHADOW_ERROR_REASONS = ("http", "timeout", "dropped", "decode")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -67,6 +77,40 @@ class RuntimeMetrics:
             registry=r,
         )
         self._by_code: dict[int, Counter] = {}
+        # children created up front: a pod that never shadows exports zeros, not nothing
+        self._shadow_comparisons = Counter(
+            "kinfer_shadow_comparisons",
+            "Canary answers compared with the stable track's answer to the same inputs.",
+            ["model"],
+            registry=r,
+        ).labels(model)
+        self._shadow_rows = Counter(
+            "kinfer_shadow_rows",
+            "Rows compared (rows of the first output).",
+            ["model"],
+            registry=r,
+        ).labels(model)
+        self._shadow_agree = Counter(
+            "kinfer_shadow_argmax_agree",
+            "Compared rows whose argmax of the first output agrees with the stable track.",
+            ["model"],
+            registry=r,
+        ).labels(model)
+        self._shadow_diff = Histogram(
+            "kinfer_shadow_max_abs_diff",
+            "Per comparison, the max absolute difference over all outputs (+Inf: shape or name mismatch).",
+            ["model"],
+            buckets=DIFF_BUCKETS,
+            registry=r,
+        ).labels(model)
+        errors = Counter(
+            "kinfer_shadow_errors",
+            "Shadow samples without a comparison; reason = http (non-2xx, connection), timeout, "
+            "dropped (too many in flight), decode (answer not parseable).",
+            ["model", "reason"],
+            registry=r,
+        )
+        self._shadow_errors = {reason: errors.labels(model, reason) for reason in SHADOW_ERROR_REASONS}
 
     # BatchObserver
     def queue_depth(self, rows: int) -> None:
@@ -89,6 +133,16 @@ class RuntimeMetrics:
         if counter is None:
             counter = self._by_code[code] = self._requests.labels(self.model, str(code))
         counter.inc()
+
+    # shadow (called from its worker threads; prometheus-client is thread-safe)
+    def shadow_compared(self, max_abs_diff: float, rows: int, argmax_agree: int) -> None:
+        self._shadow_diff.observe(max_abs_diff)
+        self._shadow_rows.inc(rows)
+        self._shadow_agree.inc(argmax_agree)
+        self._shadow_comparisons.inc()
+
+    def shadow_error(self, reason: str) -> None:
+        self._shadow_errors[reason].inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -20,6 +20,7 @@ from kinfer_runtime.protocol.dataplane import DataPlane
 from kinfer_runtime.protocol.grpc import start_grpc
 from kinfer_runtime.protocol.rest import RestApp, RestServer
 from kinfer_runtime.settings import Settings
+from kinfer_runtime.shadow import Shadow
 
 log = logging.getLogger("kinfer_runtime")
 
@@ -42,6 +43,16 @@ async def serve(settings: Settings) -> int:
     plane = DataPlane(name, settings.model_version, sig)
     if settings.request_timeout_ms > 0:
         plane.default_timeout_s = settings.request_timeout_ms / 1000
+    shadow = None
+    if settings.shadow_url:
+        shadow = Shadow(settings.shadow_url, name, metrics, rate=settings.shadow_rate,
+                        timeout_s=settings.shadow_timeout_ms / 1000)  # fmt: skip
+        plane.shadow = shadow
+        log.info(
+            "shadowing on",
+            extra={"shadow_url": shadow.url, "shadow_rate": settings.shadow_rate,
+                   "shadow_timeout_ms": settings.shadow_timeout_ms, "max_inflight": shadow.max_inflight},
+        )  # fmt: skip
 
     same_port = settings.metrics_port < 0 or settings.metrics_port == settings.http_port
     rest = RestServer(RestApp(plane, metrics, serve_metrics=same_port))
@@ -111,6 +122,8 @@ async def serve(settings: Settings) -> int:
     await asyncio.gather(*waits)
     if batcher is not None:
         await batcher.stop()
+    if shadow is not None:
+        shadow.close()
     if metrics_server is not None:
         await metrics_server.drain(0.0, 1.0)
     executor.shutdown(wait=False, cancel_futures=True)

@@ -28,6 +28,9 @@ class Settings:
     warmup: bool = True
     log_level: str = "info"
     event_loop: str = "uvloop"
+    shadow_url: str = ""  # empty: no shadowing (canary drift check off)
+    shadow_rate: float = 1.0  # shadow requests per second, at most
+    shadow_timeout_ms: float = 5000.0
 
 
 _HELP = {
@@ -49,6 +52,11 @@ _HELP = {
     "warmup": "run a warm-up batch before turning ready (KINFER_WARMUP=0 disables)",
     "log_level": "debug, info, warning, error",
     "event_loop": "uvloop or asyncio",
+    "shadow_url": "canary drift check: the stable track's HTTP v2 base URL, e.g. "
+    "http://ranker-stable.search.svc:8080; a sample of successful requests is sent there too and "
+    "the answers compared in kinfer_shadow_* metrics (empty = off)",
+    "shadow_rate": "most shadow requests per second (> 0; token bucket, burst 1)",
+    "shadow_timeout_ms": "timeout of one shadow request (> 0)",
 }
 
 
@@ -100,4 +108,11 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
     settings = Settings(**vars(ns))
     if settings.max_delay_ms < 0 or settings.max_queue < 1 or settings.max_batch_size < 0:
         parser.error("--max-delay-ms >= 0, --max-queue >= 1 and --max-batch-size >= 0 required")
+    if settings.shadow_rate <= 0 or settings.shadow_timeout_ms <= 0:
+        parser.error(
+            f"--shadow-rate must be > 0 (got {settings.shadow_rate}) and --shadow-timeout-ms > 0 "
+            f"(got {settings.shadow_timeout_ms})"
+        )
+    if settings.shadow_url and not settings.shadow_url.startswith(("http://", "https://")):
+        parser.error(f"--shadow-url must start with http:// or https:// (got {settings.shadow_url!r})")
     return settings

@@ -7,7 +7,7 @@ encode what comes back; every failure is a typed error from `errors`.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Protocol
 
 from kinfer_runtime.batching import Batcher
 from kinfer_runtime.model import Signature
@@ -18,6 +18,12 @@ SERVER_NAME = "kinfer"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data", "parameters"]
 PLATFORM = {"torchscript": "pytorch_libtorch", "torch-export": "pytorch_export", "python": "python"}
+
+
+class AnswerSink(Protocol):
+    """Sees each successful infer after its answer is built (`shadow.Shadow`); must not wait."""
+
+    def offer(self, request: InferRequest, response: InferResponse) -> None: ...
 
 
 class DataPlane:
@@ -33,6 +39,7 @@ class DataPlane:
         # Triton's request parameter `timeout` is in microseconds; this is the default when
         # a request has none (None = no deadline).
         self.default_timeout_s: float | None = None
+        self.shadow: AnswerSink | None = None  # canary drift check (--shadow-url)
 
     # ---- lifecycle ----
 
@@ -165,10 +172,13 @@ class DataPlane:
         for name, _ in wanted:
             arr = result[name]
             outputs.append(Tensor(name, self._outputs[name].datatype, tuple(arr.shape), arr))
-        return InferResponse(
+        response = InferResponse(
             model_name=self.model_name,
             model_version=self.model_version,
             outputs=outputs,
             binary=[b for _, b in wanted],
             id=request.id,
         )
+        if self.shadow is not None:
+            self.shadow.offer(request, response)
+        return response
