@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import urllib.parse
@@ -37,6 +38,22 @@ signal.signal(signal.SIGTERM, term)
 while not gate.exists():
     time.sleep(0.1)
 http.server.ThreadingHTTPServer(("", 8080), http.server.SimpleHTTPRequestHandler).serve_forever()
+"""
+
+
+# A client: GETs each URL in argv and prints its status and body; on the first failure prints
+# how long it took and exits 1.
+CLIENT = """
+import sys, time, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+for url in sys.argv[1:]:
+    t0 = time.monotonic()
+    try:
+        with opener.open(url, timeout=20) as r:
+            print(url, r.status, r.read(200), flush=True)
+    except OSError as e:
+        print(f"{url} failed after {time.monotonic() - t0:.2f} s: {e!r}", flush=True)
+        sys.exit(1)
 """
 
 
@@ -89,6 +106,22 @@ def service(name: str) -> Obj:
         "metadata": {"name": name},
         "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": "http"}]},
     }
+
+
+def client_pod(name: str, urls: list[str]) -> Obj:
+    container = {"name": "c", "image": "python:3.11", "command": ["python", "-c", CLIENT, *urls]}
+    spec = {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "containers": [container]}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+
+
+def finished(kube: Kube, ns: str, name: str) -> Obj | None:
+    pod: Obj = kube.get(f"/api/v1/namespaces/{ns}/pods/{name}")
+    return pod if pod["status"].get("phase") in ("Succeeded", "Failed") else None
+
+
+def pod_log(testbed: Any, ns: str, pod: str, container: str = "c") -> str:
+    path = testbed.state / "pods" / f"{ns}_{pod}" / f"{container}.log"
+    return str(path.read_text()) if path.exists() else f"(no log at {path})"
 
 
 def endpoint_ips(kube: Kube, ns: str, svc: str, ready_only: bool = True) -> set[str]:
@@ -271,6 +304,57 @@ def test_deleting_pod_sends_sigterm_and_removes_endpoint(
     assert netns not in ns_list
 
 
+def test_pod_reaches_a_service_by_name_on_its_cluster_ip(
+    testbed: Any, kube: Kube, namespace: str, wait_for: Any, tmp_path: Path
+) -> None:
+    testbed.apply(service("web"), namespace)  # port 80 → the pod's port "http" (8080)
+    pod = start_server(testbed, kube, namespace, tmp_path, wait_for)
+    (tmp_path / "gate").touch()
+    diag = describe(testbed, namespace, "pod/web", "service/web")
+    wait_for(lambda: pod["status"]["podIP"] in endpoint_ips(kube, namespace, "web"), 20, diag)
+
+    # Created after the Service, so it sees it: by its full name and its short one.
+    urls = [f"http://web.{namespace}.svc:80/metrics", "http://web:80/metrics"]
+    testbed.apply(client_pod("client", urls), namespace)
+    client_diag = describe(testbed, namespace, "pod/client", "service/web")
+
+    def with_log() -> str:
+        return f"{client_diag()}\n--- client log:\n{pod_log(testbed, namespace, 'client')}"
+
+    done = wait_for(lambda: finished(kube, namespace, "client"), 30, with_log)
+    assert done["status"]["phase"] == "Succeeded", with_log()
+    log = pod_log(testbed, namespace, "client")
+    assert all(f"{url} 200 b'# TYPE e2e_up" in log for url in urls), log
+
+    # The pod's hosts file lives only as long as the pod.
+    etc = network.NETNS_ETC / network.names(done["metadata"]["uid"])[0]
+    assert f"web web.{namespace} web.{namespace}.svc" in (etc / "hosts").read_text()
+    kube.delete(f"/api/v1/namespaces/{namespace}/pods/client")
+    wait_for(lambda: not etc.exists(), 15, with_log)
+
+
+def test_service_without_a_ready_endpoint_refuses_at_once(
+    testbed: Any, kube: Kube, namespace: str, wait_for: Any, tmp_path: Path
+) -> None:
+    testbed.apply(service("web"), namespace)
+    pod = start_server(testbed, kube, namespace, tmp_path, wait_for)  # gate shut: never ready
+    diag = describe(testbed, namespace, "pod/web", "service/web")
+    ip = pod["status"]["podIP"]
+    wait_for(lambda: ip in endpoint_ips(kube, namespace, "web", ready_only=False), 20, diag)
+    assert ip not in endpoint_ips(kube, namespace, "web")
+
+    testbed.apply(client_pod("client", ["http://web/metrics"]), namespace)
+
+    def with_log() -> str:
+        return f"{diag()}\n--- client log:\n{pod_log(testbed, namespace, 'client')}"
+
+    done = wait_for(lambda: finished(kube, namespace, "client"), 30, with_log)
+    assert done["status"]["phase"] == "Failed", with_log()
+    log = pod_log(testbed, namespace, "client")
+    took = re.search(r"failed after ([0-9.]+) s", log)
+    assert took is not None and float(took.group(1)) < 3, log
+
+
 def test_prometheus_scrapes_annotated_pod(
     testbed: Any, kube: Kube, namespace: str, wait_for: Any, tmp_path: Path
 ) -> None:
@@ -343,3 +427,4 @@ def test_down_leaves_no_process_running(
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert network.BRIDGE not in links
     assert "kinfer-" not in subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout
+    assert not list(network.NETNS_ETC.glob("kinfer-*"))  # the pods' hosts files

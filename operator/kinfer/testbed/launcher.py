@@ -29,6 +29,12 @@ own (sandbox.py), a read-only root filesystem is honoured, HOME is /, and the AP
 (KUBERNETES_SERVICE_HOST/PORT) and Prometheus are reachable on 127.0.0.1 inside the pod through
 relays (relay.py). No kubeconfig reaches them: the token is all they have. Other pods (the model
 servers) see the host's filesystem, so `file://` models under /tmp work.
+
+Every pod in a network namespace reaches the Services of its own namespace that exist when it
+starts, by name and ClusterIP (services.py): the names are in its /etc/hosts, and the service
+range is routed to the test bed's service namespace (network.py), where a relay per Service
+port sends each connection to a ready endpoint read from the EndpointSlices (at most once a
+second per Service).
 """
 
 from __future__ import annotations
@@ -36,8 +42,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -52,15 +60,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kinfer.testbed import network, nodes, volumes
+from kinfer.testbed import network, nodes, services, volumes
 from kinfer.testbed.kube import Kube, KubeError, Obj, pod_path
 from kinfer.testbed.procs import start_time
-from kinfer.testbed.relay import Relay
+from kinfer.testbed.relay import Address, Relay, host_loopback
 
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
 BACKOFF_RESET_AFTER_S = 60.0
 TICK_S = 0.2
+ENDPOINTS_TTL_S = 1.0  # how long a Service's EndpointSlices are reused by its relays
 
 
 # Probes go straight to the pod, never through a proxy from the environment.
@@ -186,12 +195,63 @@ def port_of(c: Obj, port: Any) -> int:
     raise ValueError(f"no port named {port!r}")
 
 
+class ServiceProxy:
+    """The test bed's kube-proxy: a relay in network.SERVICE_NS on each ClusterIP:port that a
+    starting pod has seen, sending each connection to a ready endpoint of the Service at that
+    address. A Service's EndpointSlices are read at most once per `ttl_s` (a burst of
+    connections makes one request). Relays stay until the launcher stops: one whose Service is
+    gone finds no endpoint and resets its connections."""
+
+    def __init__(self, kube: Kube, ttl_s: float = ENDPOINTS_TTL_S) -> None:
+        self.kube, self.ttl_s = kube, ttl_s
+        self.lock = threading.Lock()
+        self.relays: dict[Address, Relay] = {}
+        self.targets: dict[Address, services.ServicePort] = {}
+        self.cache_lock = threading.Lock()
+        self.cache: dict[tuple[str, str], tuple[float, list[Obj]]] = {}
+        self.rng = random.Random()
+
+    def ensure(self, ports: list[services.ServicePort]) -> None:
+        """Relays for these Service ports; an address taken over by another Service (a ClusterIP
+        freed and given out again) now leads to the new one."""
+        with self.lock:
+            for sp in ports:
+                key = (sp.cluster_ip, sp.port)
+                self.targets[key] = sp
+                if key not in self.relays:
+                    upstream = functools.partial(self._upstream, key)
+                    self.relays[key] = Relay(network.SERVICE_NS, key, upstream)
+
+    def _upstream(self, key: Address) -> Address | None:
+        sp = self.targets[key]
+        try:
+            slices = self._slices(sp.namespace, sp.service)
+        except (KubeError, OSError) as e:
+            log(f"endpoints of {sp.namespace}/{sp.service}: {e!r}")
+            return None
+        return services.choose_endpoint(slices, sp.name, self.rng)
+
+    def _slices(self, namespace: str, service: str) -> list[Obj]:
+        with self.cache_lock:
+            now = time.monotonic()
+            hit = self.cache.get((namespace, service))
+            if hit is not None and now - hit[0] < self.ttl_s:
+                return hit[1]
+            path = f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
+            selector = f"kubernetes.io/service-name={service}"
+            items: list[Obj] = self.kube.get(path, labelSelector=selector)["items"]
+            self.cache = {k: v for k, v in self.cache.items() if now - v[0] < self.ttl_s}
+            self.cache[(namespace, service)] = (now, items)
+            return items
+
+
 @dataclass
 class PodRunner:
     kube: Kube
     pod: Obj
     state: Path
     host_ports: list[int] = field(default_factory=list)  # relayed into pods that hold a token
+    proxy: ServiceProxy | None = None  # where its Services' relays are made (None: not made)
     containers: list[Container] = field(default_factory=list)
     stop_event: threading.Event = field(default_factory=threading.Event)
     grace_s: float = 30.0
@@ -271,6 +331,7 @@ class PodRunner:
             self.containers.append(cont)
         if not spec.get("hostNetwork"):
             self.netns = network.pod_netns_up(self._uid, self.ip, self._netns_dir)
+            self._wire_services(self.netns)
         if volumes.mounts_token(self.pod):
             if not self._make_volumes():
                 return
@@ -307,7 +368,17 @@ class PodRunner:
                 "HOME": "/",
             }
         if self.netns:
-            self.relays = [Relay(self.netns, port) for port in self.host_ports]
+            for port in self.host_ports:
+                self.relays.append(Relay(self.netns, ("127.0.0.1", port), host_loopback(port)))
+
+    def _wire_services(self, netns: str) -> None:
+        """The Services of the pod's namespace as they are now, by name (its /etc/hosts) and by
+        ClusterIP (a relay per TCP port): services.py."""
+        ns = self.pod["metadata"]["namespace"]
+        listed = services.with_cluster_ip(self.kube.get(f"/api/v1/namespaces/{ns}/services")["items"])
+        network.write_hosts(netns, services.hosts_file(self.pod, listed, socket.gethostname()))
+        if self.proxy is not None:
+            self.proxy.ensure(services.tcp_ports(listed))
 
     def _argv(self, c: Container) -> list[str]:
         spec = c.spec
@@ -628,6 +699,7 @@ class Launcher:
         self.kube, self.state = kube, state
         api_port = int(kube.server.rsplit(":", 1)[1])
         self.host_ports = [api_port, *(relay_ports or [])]
+        self.proxy = ServiceProxy(kube)
         self.runners: dict[str, PodRunner] = {}
         self.node_names = {n["metadata"]["name"] for n in nodes.fake_nodes()}
         self.stopping = threading.Event()
@@ -655,7 +727,7 @@ class Launcher:
             return
         if runner is None and uid not in self.launched:
             if status.get("phase") == "Running" and status.get("podIP"):
-                runner = PodRunner(self.kube, pod, self.state, self.host_ports)
+                runner = PodRunner(self.kube, pod, self.state, self.host_ports, self.proxy)
                 self.runners[uid] = runner
                 self.launched.add(uid)  # a pod is launched once, like a kubelet's pod worker
                 runner.start()
@@ -676,6 +748,7 @@ class Launcher:
 
     def run(self) -> None:
         network.bridge_up()
+        network.service_ns_up()
         rv = self.sync()
         (self.state / "launcher.ready").write_text(str(os.getpid()))
         log(f"launcher ready, managing nodes {sorted(self.node_names)}")

@@ -1,12 +1,17 @@
-"""Loopback relays into a pod's network namespace, the test bed's stand-in for a ClusterIP.
+"""Relays into a pod's network namespace: the test bed's stand-in for kube-proxy.
 
-There is no kube-proxy, and the API server and Prometheus listen on the host's loopback only.
-A pod that talks to the cluster (the operator run from the Helm chart) gets, inside its own
-namespace, a listener on 127.0.0.1:<port> for each such host port; every connection to it is
-joined to 127.0.0.1:<port> on the host. The listening socket is made inside the pod's namespace
-(setns on the calling thread, then back), the upstream connection in the host's, so nothing
-listens outside loopback and the pod sees the same URL the host does (the API server's
-certificate already names 127.0.0.1).
+A relay listens on an address inside a pod's network namespace and joins each connection it
+accepts to an upstream address dialled from the host's namespace; the upstream is asked for
+anew per connection, and None closes the connection at once (a reset). The listening socket is
+made inside the pod's namespace (setns on the calling thread, then back), the upstream
+connection in the host's. Two uses (launcher.py):
+- pods that talk to the cluster (the operator run from the Helm chart): 127.0.0.1:<port> in the
+  pod → 127.0.0.1:<port> on the host, for the API server and Prometheus, which listen on the
+  host's loopback only; the pod sees the same URL the host does (the API server's certificate
+  already names 127.0.0.1);
+- Services: <ClusterIP>:<port> in the test bed's service namespace, where the pods route the
+  service range (network.py) → a ready endpoint's podIP:port (services.py), which the host
+  reaches over the bridge.
 """
 
 from __future__ import annotations
@@ -15,8 +20,12 @@ import contextlib
 import ctypes
 import os
 import socket
+import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+
+Address = tuple[str, int]
+Upstream = Callable[[], Address | None]  # where this connection goes; None: nowhere
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -55,16 +64,29 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
             dst.shutdown(socket.SHUT_WR)  # pass the half-close on; the other pump ends the rest
 
 
-class Relay:
-    """127.0.0.1:port in network namespace `netns` → 127.0.0.1:port on the host."""
+def host_loopback(port: int) -> Upstream:
+    """Always 127.0.0.1:`port` on the host."""
+    return lambda: ("127.0.0.1", port)
 
-    def __init__(self, netns: str, port: int) -> None:
-        self.port = port
+
+def _reset(conn: socket.socket) -> None:
+    """Close with a RST, so the client fails at once rather than reading an empty reply."""
+    with contextlib.suppress(OSError):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
+class Relay:
+    """`listen` in network namespace `netns` → `upstream()` from the host, per connection."""
+
+    def __init__(self, netns: str, listen: Address, upstream: Upstream) -> None:
+        self.listen, self.upstream = listen, upstream
         with in_netns(netns):
-            self.server = socket.create_server(("127.0.0.1", port))
+            self.server = socket.create_server(listen)
         self.server.settimeout(0.5)  # to notice close()
         self.closed = threading.Event()
-        threading.Thread(target=self._serve, name=f"relay-{netns}-{port}", daemon=True).start()
+        name = f"relay-{netns}-{listen[0]}:{listen[1]}"
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
 
     def _serve(self) -> None:
         while not self.closed.is_set():
@@ -79,9 +101,16 @@ class Relay:
 
     def _join(self, conn: socket.socket) -> None:
         try:
-            upstream = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+            target = self.upstream()
+        except BaseException:
+            _reset(conn)
+            raise  # a bug in upstream(): the thread's traceback goes to the launcher's log
+        try:
+            if target is None:
+                raise ConnectionRefusedError("no upstream")
+            upstream = socket.create_connection(target, timeout=5)
         except OSError:
-            conn.close()
+            _reset(conn)
             return
         upstream.settimeout(None)
         back = threading.Thread(target=_pump, args=(upstream, conn), daemon=True)
