@@ -27,7 +27,17 @@ pytestmark = pytest.mark.e2e
 REPLICAS = 4
 
 
-def _service(name: str, stable: Path, canary: Path, steps: list[int], step_seconds: int) -> dict[str, Any]:
+def _service(
+    name: str,
+    stable: Path,
+    canary: Path,
+    steps: list[int],
+    step_seconds: int,
+    drift: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    analysis: dict[str, Any] = {"minRequests": 5, "maxErrorRate": 0.05, "maxP95LatencyMs": 2000}
+    if drift is not None:
+        analysis["drift"] = drift
     return {
         "apiVersion": "kinfer.dev/v1alpha1",
         "kind": "InferenceService",
@@ -41,7 +51,7 @@ def _service(name: str, stable: Path, canary: Path, steps: list[int], step_secon
                     "model": {"uri": f"file://{canary}"},
                     "steps": steps,
                     "stepSeconds": step_seconds,
-                    "analysis": {"minRequests": 5, "maxErrorRate": 0.05, "maxP95LatencyMs": 2000},
+                    "analysis": analysis,
                 }
             },
         },
@@ -124,17 +134,30 @@ def _events(setup: Setup, namespace: str) -> list[dict[str, Any]]:
     return items
 
 
+# The drift check on, with the canary's answers compared with stable's on live inputs.
+DRIFT = {"maxAbsDiff": 0.001, "minSamples": 5, "samplesPerSecond": 2}
+
+
+def _stable_template_uri(setup: Setup, namespace: str) -> str:
+    template = setup.get(namespace, "deployment/ranker")["spec"]["template"]["metadata"]
+    return str(template["annotations"]["kinfer.dev/model-uri"])
+
+
 def test_good_canary_is_promoted_and_traffic_follows_each_step(
     setup: Setup, namespace: str, wait_for: Any
 ) -> None:
-    stable, canary = make_model(MODELS / "mlp"), make_model(MODELS / "mlp-v2", seed=1)
-    setup.apply(namespace, _service("ranker", stable, canary, [25, 50, 100], 20))
+    # The same weights under another path: a new version that answers exactly as the old one.
+    stable, canary = make_model(MODELS / "mlp"), make_model(MODELS / "mlp-same", seed=0)
+    doc = _service("ranker", stable, canary, [25, 50, 100], 20, drift=DRIFT)
+    setup.apply(namespace, doc)
     traffic = Traffic(setup, namespace, "ranker")
-    with traffic.running(300):
+    with traffic.running(360):
         wait_for(
-            lambda: _canary(setup, namespace, "ranker").get("phase") == "Succeeded",
-            300,
-            describe=lambda: f"canary Succeeded (traffic {traffic.codes})\n" + setup.why(namespace),
+            lambda: _canary(setup, namespace, "ranker").get("handedOver") is True,
+            360,
+            describe=lambda: (
+                f"canary Succeeded and handed over (traffic {traffic.codes})\n" + setup.why(namespace)
+            ),
             interval=1,
         )
     setup.kubectl(
@@ -146,12 +169,55 @@ def test_good_canary_is_promoted_and_traffic_follows_each_step(
         assert total >= 20, f"too few requests at weight {weight}: {seen}"
         share = 100 * seen["canary"] / total
         assert abs(share - weight) <= 10, f"weight {weight}: canary answered {share:.0f}% of {total}"
-    reasons = [e["reason"] for e in _events(setup, namespace)]
+    events = _events(setup, namespace)
+    reasons = [e["reason"] for e in events]
     assert reasons.count("CanaryStep") >= 2 and "CanarySucceeded" in reasons, reasons
+    # Each step's verdict carries the drift numbers: real comparisons, all within the bound.
+    steps = [e["message"] for e in events if e["reason"] == "CanaryStep" and "passed" in e["message"]]
+    assert steps and all("drift: max abs diff within 0.001" in m for m in steps), steps
+    # Handed over: stable runs the promoted model on every replica, the canary none.
     deployments = {
         d["metadata"]["name"]: d["spec"]["replicas"] for d in setup.get(namespace, "deployments")["items"]
     }
-    assert deployments == {"ranker": 0, "ranker-canary": REPLICAS}
+    assert deployments == {"ranker": REPLICAS, "ranker-canary": 0}
+    assert _stable_template_uri(setup, namespace) == f"file://{canary}"
+    isvc = setup.get(namespace, "kisvc/ranker")
+    assert isvc["status"]["effectiveModelUri"] == f"file://{canary}"
+    # Git catches up: the promoted model in spec.model, the canary gone. Nothing restarts.
+    generation = setup.get(namespace, "deployment/ranker")["metadata"]["generation"]
+    doc["spec"]["model"] = doc["spec"]["rollout"].pop("canary")["model"]
+    setup.apply(namespace, doc)  # kubectl apply: what left the manifest leaves the object
+    wait_for(
+        lambda: not setup.get(namespace, "deployment/ranker-canary"),
+        30,
+        describe=lambda: "the empty canary Deployment pruned\n" + setup.why(namespace),
+    )
+    stable_now = setup.get(namespace, "deployment/ranker")
+    assert stable_now["metadata"]["generation"] == generation, "the stable Deployment changed"
+    assert setup.condition(namespace, "ranker", "Ready")["status"] == "True"
+
+
+def test_canary_that_answers_differently_is_rolled_back_on_output_drift(
+    setup: Setup, namespace: str, wait_for: Any
+) -> None:
+    # Other weights: as fast and as healthy as stable, but it gives other answers.
+    stable, other = make_model(MODELS / "mlp"), make_model(MODELS / "mlp-v2", seed=1)
+    setup.apply(namespace, _service("ranker", stable, other, [50, 100], 20, drift=DRIFT))
+    traffic = Traffic(setup, namespace, "ranker")
+    with traffic.running(240):
+        wait_for(
+            lambda: _canary(setup, namespace, "ranker").get("phase") == "Failed",
+            240,
+            describe=lambda: f"canary Failed (traffic {traffic.codes})\n" + setup.why(namespace),
+            interval=1,
+        )
+    (rollback,) = [e for e in _events(setup, namespace) if e["reason"] == "CanaryRollingBack"]
+    assert rollback["type"] == "Warning"
+    assert (
+        "output drift" in rollback["message"]
+        and "differ from stable by more than 0.001" in rollback["message"]
+    ), rollback["message"]
+    assert "error rate" not in rollback["message"].split(";")[0]
 
 
 def test_failing_canary_is_rolled_back_with_the_metric_named(

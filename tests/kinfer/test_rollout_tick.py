@@ -142,3 +142,16 @@ def test_a_step_with_good_metrics_but_drifting_outputs_rolls_back() -> None:
     result = tick(isvc, Answers(*healthy, *same), [_canary_deployment(1)], T0)
     assert result.status_patch["canary"]["phase"] == "Progressing"
     assert result.status_patch["canary"]["step"] == 1
+
+
+def test_the_step_at_100_percent_is_judged_without_drift() -> None:
+    isvc = _isvc()
+    isvc["spec"]["rollout"]["canary"]["analysis"]["drift"] = {"maxAbsDiff": 0.01}
+    started = (T0 - timedelta(seconds=130)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    isvc["status"] = {
+        "canary": {"phase": "Progressing", "step": 3, "weight": 100, "stepStartedAt": started,
+                   "revision": "pvc://models/ranker/8"}
+    }  # fmt: skip
+    healthy = (('code=~"5.."', 0.0), ("kinfer_requests_total", 500.0), ("histogram_quantile", 0.05))
+    result = tick(isvc, Answers(*healthy, ("kinfer_shadow", 0.0)), [_canary_deployment(1)], T0)
+    assert result.status_patch["canary"]["phase"] == "Promoting"

@@ -70,7 +70,8 @@ def tick(
     verdict = None
     if window is not None and canary is not None:
         verdict = analysis.analyze(source, meta["namespace"], meta["name"], canary.analysis, window)
-        if canary.analysis.drift is not None:
+        # At 100 % stable runs no pods to compare with: that step is judged on metrics alone.
+        if canary.analysis.drift is not None and state is not None and state.weight < 100:
             found = drift.analyze(source, meta["namespace"], meta["name"], canary.analysis.drift, window)
             verdict = analysis.combine(verdict, found)
     controls = machine.parse_controls(meta.get("annotations"))
