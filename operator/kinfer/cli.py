@@ -241,7 +241,14 @@ def operator(
 @click.option(
     "--canary",
     is_flag=True,
-    help="Also roll out a second model version as a canary (25 %, 50 %, 100 %).",
+    help="Then apply examples/gpu-canary.yaml under load and print each step of its rollout.",
+)
+@click.option(
+    "--step-seconds",
+    type=click.IntRange(10, 600),
+    default=30,
+    show_default=True,
+    help="stepSeconds for the canary walk (the example says 120).",
 )
 @click.option(
     "--state",
@@ -256,7 +263,7 @@ def operator(
     show_default=True,
     help="Seconds to wait for the InferenceService to become Ready.",
 )
-def demo(tear_down: bool, canary: bool, state: Path | None, timeout: float) -> None:
+def demo(tear_down: bool, canary: bool, step_seconds: int, state: Path | None, timeout: float) -> None:
     """Run kinfer end to end on this machine: test bed, operator, a GPU InferenceService."""
     from kinfer import demo as demo_mod
     from kinfer.testbed import bed
@@ -265,7 +272,7 @@ def demo(tear_down: bool, canary: bool, state: Path | None, timeout: float) -> N
     if tear_down:
         demo_mod.down(where, click.echo)
         return
-    if not demo_mod.up(where, canary, click.echo, timeout=timeout):
+    if not demo_mod.up(where, canary, click.echo, timeout=timeout, step_seconds=step_seconds):
         sys.exit(1)
 
 

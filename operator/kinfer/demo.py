@@ -2,7 +2,9 @@
 
 Brings the test bed up (building it on the first run), installs the CRD and the operator's
 RBAC, starts the operator under its own ServiceAccount, applies an InferenceService that asks
-for a GPU, waits for it to serve, and shows where to look. Run it again and it reuses what runs;
+for a GPU, waits for it to serve, and shows where to look. With `--canary` it then applies
+examples/gpu-canary.yaml, sends it traffic and prints each step of its rollout as the operator
+takes it, through promotion and the handover to stable. Run it again and it reuses what runs;
 `kinfer demo --down` removes what it started.
 """
 
@@ -11,15 +13,20 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from kinfer import local
 
 NAMESPACE = "kinfer-demo"
 NAME = "demo"
+CANARY_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "gpu-canary.yaml"
 Echo = Callable[[str], None]
 
 
@@ -27,27 +34,28 @@ def _dir(state: Path) -> Path:
     return state / "demo"
 
 
-def inference_service(model: Path, canary_model: Path | None) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "model": {"uri": f"file://{model}"},
-        "resources": {"gpu": 1, "gpuProduct": "NVIDIA-L4", "cpu": "500m", "memory": "1Gi"},
-        "scaling": {"minReplicas": 1, "maxReplicas": 4, "scaleDownStabilizationSeconds": 60},
-    }
-    if canary_model is not None:
-        spec["rollout"] = {
-            "canary": {
-                "model": {"uri": f"file://{canary_model}"},
-                "steps": [25, 50, 100],
-                "stepSeconds": 30,
-                "analysis": {"minRequests": 0, "maxP95LatencyMs": 500, "maxErrorRate": 0.05},
-            }
-        }
+def inference_service(model: Path) -> dict[str, Any]:
     return {
         "apiVersion": "kinfer.dev/v1alpha1",
         "kind": "InferenceService",
         "metadata": {"name": NAME, "namespace": NAMESPACE},
-        "spec": spec,
+        "spec": {
+            "model": {"uri": f"file://{model}"},
+            "resources": {"gpu": 1, "gpuProduct": "NVIDIA-L4", "cpu": "500m", "memory": "1Gi"},
+            "scaling": {"minReplicas": 1, "maxReplicas": 4, "scaleDownStabilizationSeconds": 60},
+        },
     }
+
+
+def canary_example(stable: Path, canary: Path, step_seconds: int) -> dict[str, Any]:
+    """examples/gpu-canary.yaml with what the test bed cannot run replaced: local model files for
+    its pvc:// URIs (the launcher mounts no volumes into model pods) and shorter steps."""
+    doc: dict[str, Any] = yaml.safe_load(CANARY_EXAMPLE.read_text())
+    doc["spec"]["model"]["uri"] = f"file://{stable}"
+    rollout = doc["spec"]["rollout"]["canary"]
+    rollout["model"]["uri"] = f"file://{canary}"
+    rollout["stepSeconds"] = step_seconds
+    return doc
 
 
 def _operator_alive(pidfile: Path) -> bool:
@@ -82,7 +90,7 @@ def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
     return False
 
 
-def up(state: Path, canary: bool, echo: Echo, timeout: float = 240) -> bool:
+def up(state: Path, canary: bool, echo: Echo, timeout: float = 240, step_seconds: int = 30) -> bool:
     kubeconfig = _ensure_bed(state, echo)
     work = _dir(state)
     echo("kinfer demo: installing the CRD, kopf peering and the operator's RBAC")
@@ -101,10 +109,7 @@ def up(state: Path, canary: bool, echo: Echo, timeout: float = 240) -> bool:
         echo(f"kinfer demo: operator started (pid {operator.proc.pid}, log {work / 'operator.log'})")
     echo("kinfer demo: writing a small TorchScript model")
     model = local.make_model(work / "models" / "mlp-v1", seed=0)
-    canary_model = local.make_model(work / "models" / "mlp-v2", seed=1) if canary else None
-    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
-    doc = [namespace, inference_service(model, canary_model)]
-    local.kubectl(kubeconfig, "apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in doc))
+    _apply(kubeconfig, inference_service(model))
     echo(f"kinfer demo: applied InferenceService {NAMESPACE}/{NAME}; waiting for Ready")
 
     def ready() -> bool:
@@ -123,6 +128,8 @@ def up(state: Path, canary: bool, echo: Echo, timeout: float = 240) -> bool:
         echo(f"operator log: {work / 'operator.log'}")
         return False
     echo(_first_inference(kubeconfig))
+    if canary and not walk_canary(kubeconfig, work, echo, step_seconds):
+        return False
     echo(
         f"""
 kinfer demo: {NAMESPACE}/{NAME} is Ready on a fake GPU node; its pod is a real kinfer-runtime
@@ -134,6 +141,117 @@ process in a network namespace of its own. Next:
   less {work / "operator.log"}
   kinfer demo --down                            # remove the demo; `kinfer dev down` stops the bed"""
     )
+    return True
+
+
+def _terminating(kubeconfig: Path, namespace: str) -> bool:
+    out = local.kubectl(kubeconfig, "get", "namespace", namespace, "-o", "json", check=False)
+    return out.returncode == 0 and json.loads(out.stdout).get("status", {}).get("phase") == "Terminating"
+
+
+def _apply(kubeconfig: Path, isvc: dict[str, Any]) -> None:
+    name = isvc["metadata"]["namespace"]
+    # A namespace left from an earlier run is still going away (the operator removes the
+    # InferenceServices' finalizers): applying into it would only find the old objects.
+    if _terminating(kubeconfig, name) and not _wait(lambda: not _terminating(kubeconfig, name), 120):
+        raise RuntimeError(f"namespace {name} is still terminating after 120 s")
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    local.kubectl(kubeconfig, "apply", "-f", "-", input=f"{json.dumps(namespace)}\n---\n{json.dumps(isvc)}")
+
+
+class Traffic:
+    """Bounded load on one InferenceService's ready pods, spread over them as kube-proxy would
+    spread a Service's connections; counts the answers by track."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, name: str, clients: int = 4) -> None:
+        self.kubeconfig, self.namespace, self.name, self.clients = kubeconfig, namespace, name, clients
+        self.pods: dict[str, str] = {}  # ready pod IP -> track
+        self.answered: Counter[str] = Counter()
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def _refresh(self) -> None:
+        while not self.stop.wait(1):
+            out = local.kubectl(self.kubeconfig, "get", "pods", "-n", self.namespace,
+                                "-l", f"kinfer.dev/isvc={self.name}", "-o", "json", check=False)  # fmt: skip
+            if out.returncode == 0:
+                self.pods = {
+                    p["status"]["podIP"]: p["metadata"]["labels"].get("kinfer.dev/track", "?")
+                    for p in json.loads(out.stdout)["items"]
+                    if local.condition(p, "Ready").get("status") == "True"
+                    and not p["metadata"].get("deletionTimestamp")
+                }
+
+    def _client(self, index: int) -> None:
+        while not self.stop.is_set():
+            ips = sorted(self.pods)
+            if not ips:
+                self.stop.wait(0.5)
+                continue
+            ip = ips[index % len(ips)]
+            index += 1
+            code, _ = local.infer(ip, self.name, timeout=5)
+            self.answered[f"{self.pods.get(ip, '?')} {code or 'no answer'}"] += 1
+            self.stop.wait(0.03)  # about 30 requests/s per client at most
+
+    def __enter__(self) -> Traffic:
+        self.threads = [threading.Thread(target=self._refresh, daemon=True)]
+        self.threads += [
+            threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(self.clients)
+        ]
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(10)
+
+
+def walk_canary(kubeconfig: Path, work: Path, echo: Echo, step_seconds: int) -> bool:
+    """Apply examples/gpu-canary.yaml and print its rollout, step by step, as it happens."""
+    stable = local.make_model(work / "models" / "ranker-7", seed=0)
+    canary = local.make_model(work / "models" / "ranker-8", seed=1)
+    isvc = canary_example(stable, canary, step_seconds)
+    namespace, name = isvc["metadata"]["namespace"], isvc["metadata"]["name"]
+    steps = isvc["spec"]["rollout"]["canary"]["steps"]
+    echo(
+        f"\nkinfer demo: applying examples/gpu-canary.yaml ({namespace}/{name}, canary steps {steps}), "
+        f"with local model files for its pvc:// URIs and stepSeconds {step_seconds} instead of 120"
+    )
+    _apply(kubeconfig, isvc)
+    # Every step waits for its analysis window (30 s at least) and the operator's 10 s timer.
+    deadline = time.monotonic() + 180 + len(steps) * (max(step_seconds, 30) + 30)
+    start, last, outcome = time.monotonic(), None, ""
+    with Traffic(kubeconfig, namespace, name) as traffic:
+        while time.monotonic() < deadline and not outcome:
+            out = local.kubectl(kubeconfig, "get", "kisvc", name, "-n", namespace, "-o", "json", check=False)
+            state = (
+                (json.loads(out.stdout).get("status") or {}).get("canary") or {}
+                if out.returncode == 0
+                else {}
+            )
+            seen = (state.get("summary"), state.get("handedOver"), state.get("message"))
+            if state and seen != last:
+                last = seen
+                elapsed = time.monotonic() - start
+                echo(f"  {elapsed:4.0f} s  {state.get('summary', ''):<10} {state.get('message', '')}")
+            if state.get("phase") == "Failed" or state.get("handedOver"):
+                outcome = state["phase"]
+            time.sleep(2)
+        answered = ", ".join(f"{k}: {v}" for k, v in sorted(traffic.answered.items()))
+    echo(f"  requests answered (track, HTTP status): {answered}")
+    for args in (("get", "kisvc", "-n", namespace), ("get", "deployments", "-n", namespace)):
+        echo(f"\n$ kubectl {' '.join(args)}")
+        echo(local.kubectl(kubeconfig, *args, check=False).stdout.rstrip())
+    if outcome != "Succeeded":
+        echo(f"\nkinfer demo: the rollout did not succeed ({outcome or 'timed out'}); see")
+        echo(f"  kubectl describe kisvc {name} -n {namespace}")
+        return False
+    echo(f"\nkinfer demo: {namespace}/{name} promoted its canary and handed over to stable. Try:")
+    echo(f"  kubectl wait --for=condition=RolloutSucceeded kisvc/{name} -n {namespace}")
+    echo(f"  kubectl get events -n {namespace} --sort-by=.lastTimestamp")
     return True
 
 
@@ -159,9 +277,11 @@ def down(state: Path, echo: Echo) -> None:
     work = _dir(state)
     current = bed.Bed(state)
     if current.running():
-        local.kubectl(current.kubeconfig, "delete", "namespace", NAMESPACE, "--ignore-not-found",
-                      "--wait=false", check=False)  # fmt: skip
-        echo(f"kinfer demo: deleted namespace {NAMESPACE}")
+        canary_namespace = yaml.safe_load(CANARY_EXAMPLE.read_text())["metadata"]["namespace"]
+        # Wait, with the operator still running: it removes the InferenceServices' finalizers.
+        local.kubectl(current.kubeconfig, "delete", "namespace", NAMESPACE, canary_namespace,
+                      "--ignore-not-found", "--timeout=120s", check=False)  # fmt: skip
+        echo(f"kinfer demo: deleted namespaces {NAMESPACE} and {canary_namespace}")
     pidfile = work / "operator.pid"
     if _operator_alive(pidfile):
         pid = int(pidfile.read_text())

@@ -158,8 +158,13 @@ def test_no_route_traffic_to_a_pending_canary_and_a_promotion_hands_over() -> No
     # Second half: stable rolls to the canary's model on all replicas, the canary keeps serving.
     assert _weights_and_replicas(isvc) == ([0, 100], [4, 4])
     assert _stable_model_uri(isvc) == "pvc://models/ranker/8"
+    # ... replaced all at once: Promoting's GPUs suffice, no surge pod waits for a fifth GPU.
+    stable = _by_kind(render(isvc, FULL), "Deployment")[0]
+    assert stable["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": "100%"}
     isvc["status"]["canary"]["handedOver"] = True
     assert _weights_and_replicas(isvc) == ([100, 0], [4, 0])
+    stable = _by_kind(render(isvc, FULL), "Deployment")[0]
+    assert stable["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
     promoted = _by_kind(render(isvc, FULL), "Deployment")[0]
     # The manifest catches up (Git): the same stable Deployment, nothing restarts, and the
     # empty canary Deployment is no longer rendered (reconcile prunes it).

@@ -52,6 +52,8 @@ class Track:
     volumes: list[dict[str, Any]] = field(default_factory=list)
     volume_mounts: list[dict[str, Any]] = field(default_factory=list)
     env: list[dict[str, str]] = field(default_factory=list)
+    # Never below the wanted count while pods are replaced: one extra pod at a time.
+    rolling_update: dict[str, int | str] = field(default_factory=lambda: {"maxSurge": 1, "maxUnavailable": 0})
 
 
 def owner_labels(name: str) -> dict[str, str]:
@@ -217,6 +219,7 @@ def tracks(name: str, spec: api.InferenceServiceSpec, status: dict[str, Any]) ->
     result = []
     canary_replicas = 0
     state = status.get("canary") or {}
+    stable_update: dict[str, int | str] | None = None
     stable_model = effective_model(spec, api.CanaryStatus.model_validate(state) if state else None)
     if canary is not None:
         if spec.rollout.ab_test is not None:
@@ -230,11 +233,16 @@ def tracks(name: str, spec: api.InferenceServiceSpec, status: dict[str, Any]) ->
             # Second half: stable rolls to the canary's model (effective_model) on the full
             # count; the canary keeps its pods until those are ready (handedOver), then none.
             canary_replicas = 0 if state.get("handedOver") else total
+            if not state.get("handedOver"):
+                # The canary carries everything meanwhile, so stable may be replaced all at
+                # once: a surge pod would need one GPU more than Promoting already held.
+                stable_update = {"maxSurge": 0, "maxUnavailable": "100%"}
         else:
             stable_split, canary_replicas = split_replicas(total, canary_weight(canary, status))
             if stable_replicas is not None:
                 stable_replicas = stable_split
-    result.append(_track(name, "stable", spec, stable_model, stable_replicas))
+    stable = _track(name, "stable", spec, stable_model, stable_replicas)
+    result.append(replace(stable, rolling_update=stable_update) if stable_update else stable)
     if canary is not None:
         canary_track = _track(name, "canary", spec, canary.model, canary_replicas)
         if canary.analysis.drift is not None:
