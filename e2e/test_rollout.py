@@ -197,12 +197,9 @@ def test_good_canary_is_promoted_and_traffic_follows_each_step(
     assert setup.condition(namespace, "ranker", "Ready")["status"] == "True"
 
 
-def test_canary_that_answers_differently_is_rolled_back_on_output_drift(
-    setup: Setup, namespace: str, wait_for: Any
-) -> None:
-    # Other weights: as fast and as healthy as stable, but it gives other answers.
-    stable, other = make_model(MODELS / "mlp"), make_model(MODELS / "mlp-v2", seed=1)
-    setup.apply(namespace, _service("ranker", stable, other, [50, 100], 20, drift=DRIFT))
+def _rolled_back(setup: Setup, namespace: str, wait_for: Any, doc: dict[str, Any]) -> dict[str, Any]:
+    """Apply a canary bound to fail, under load; the CanaryRollingBack event once it Failed."""
+    setup.apply(namespace, doc)
     traffic = Traffic(setup, namespace, "ranker")
     with traffic.running(240):
         wait_for(
@@ -213,29 +210,28 @@ def test_canary_that_answers_differently_is_rolled_back_on_output_drift(
         )
     (rollback,) = [e for e in _events(setup, namespace) if e["reason"] == "CanaryRollingBack"]
     assert rollback["type"] == "Warning"
-    assert (
-        "output drift" in rollback["message"]
-        and "differ from stable by more than 0.001" in rollback["message"]
-    ), rollback["message"]
-    assert "error rate" not in rollback["message"].split(";")[0]
+    return rollback
+
+
+def test_canary_that_answers_differently_is_rolled_back_on_output_drift(
+    setup: Setup, namespace: str, wait_for: Any
+) -> None:
+    # Other weights: as fast and as healthy as stable, but it gives other answers.
+    stable, other = make_model(MODELS / "mlp"), make_model(MODELS / "mlp-v2", seed=1)
+    rollback = _rolled_back(
+        setup, namespace, wait_for, _service("ranker", stable, other, [50, 100], 20, DRIFT)
+    )
+    message = rollback["message"]
+    assert "output drift" in message and "differ from stable by more than 0.001" in message, message
+    assert "error rate" not in message.split(";")[0]
 
 
 def test_failing_canary_is_rolled_back_with_the_metric_named(
     setup: Setup, namespace: str, wait_for: Any
 ) -> None:
     stable, broken = make_model(MODELS / "mlp"), make_failing_model(MODELS / "broken")
-    setup.apply(namespace, _service("ranker", stable, broken, [50, 100], 20))
-    traffic = Traffic(setup, namespace, "ranker")
-    with traffic.running(240):
-        wait_for(
-            lambda: _canary(setup, namespace, "ranker").get("phase") == "Failed",
-            240,
-            describe=lambda: f"canary Failed (traffic {traffic.codes})\n" + setup.why(namespace),
-            interval=1,
-        )
-    rollback = [e for e in _events(setup, namespace) if e["reason"] == "CanaryRollingBack"]
-    assert rollback and rollback[0]["type"] == "Warning"
-    assert "error rate" in rollback[0]["message"], rollback[0]["message"]
+    rollback = _rolled_back(setup, namespace, wait_for, _service("ranker", stable, broken, [50, 100], 20))
+    assert "error rate" in rollback["message"], rollback["message"]
     cond = setup.condition(namespace, "ranker", "RolloutSucceeded")
     assert (cond["status"], cond["reason"]) == ("False", "RolledBack")
     wait_for(

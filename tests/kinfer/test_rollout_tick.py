@@ -122,36 +122,39 @@ class Answers:
         return next((value for fragment, value in self.answers if fragment in promql), None)
 
 
-def test_a_step_with_good_metrics_but_drifting_outputs_rolls_back() -> None:
+# Prometheus answers for a canary whose latency and errors are fine.
+HEALTHY = (('code=~"5.."', 0.0), ("kinfer_requests_total", 500.0), ("histogram_quantile", 0.05))
+
+
+def _progressing_with_drift(step: int, weight: int) -> dict[str, Any]:
+    """A step past its stepSeconds, with the drift check on."""
     isvc = _isvc()
     isvc["spec"]["rollout"]["canary"]["analysis"]["drift"] = {"maxAbsDiff": 0.01}
     started = (T0 - timedelta(seconds=130)).strftime("%Y-%m-%dT%H:%M:%SZ")
     isvc["status"] = {
-        "canary": {"phase": "Progressing", "step": 0, "weight": 10, "stepStartedAt": started,
+        "canary": {"phase": "Progressing", "step": step, "weight": weight, "stepStartedAt": started,
                    "revision": "pvc://models/ranker/8"}
     }  # fmt: skip
-    healthy = (('code=~"5.."', 0.0), ("kinfer_requests_total", 500.0), ("histogram_quantile", 0.05))
-    drifting = (("comparisons_total", 30.0), ("rows_total", 30.0), ("agree_total", 30.0),
-                ("max_abs_diff_bucket", 12.0))  # fmt: skip
-    result = tick(isvc, Answers(*healthy, *drifting), [_canary_deployment(1)], T0)
+    return isvc
+
+
+def _comparisons(within_bound: float) -> tuple[tuple[str, float], ...]:
+    return (("comparisons_total", 30.0), ("rows_total", 30.0), ("agree_total", 30.0),
+            ("max_abs_diff_bucket", within_bound))  # fmt: skip
+
+
+def test_a_step_with_good_metrics_but_drifting_outputs_rolls_back() -> None:
+    isvc = _progressing_with_drift(step=0, weight=10)
+    result = tick(isvc, Answers(*HEALTHY, *_comparisons(12.0)), [_canary_deployment(1)], T0)
     canary = result.status_patch["canary"]
     assert canary["phase"] == "RollingBack"
     assert "output drift: 18 of 30 sampled requests differ from stable by more than 0.01" in canary["message"]
-    same = (("comparisons_total", 30.0), ("rows_total", 30.0), ("agree_total", 30.0),
-            ("max_abs_diff_bucket", 30.0))  # fmt: skip
-    result = tick(isvc, Answers(*healthy, *same), [_canary_deployment(1)], T0)
+    result = tick(isvc, Answers(*HEALTHY, *_comparisons(30.0)), [_canary_deployment(1)], T0)
     assert result.status_patch["canary"]["phase"] == "Progressing"
     assert result.status_patch["canary"]["step"] == 1
 
 
 def test_the_step_at_100_percent_is_judged_without_drift() -> None:
-    isvc = _isvc()
-    isvc["spec"]["rollout"]["canary"]["analysis"]["drift"] = {"maxAbsDiff": 0.01}
-    started = (T0 - timedelta(seconds=130)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    isvc["status"] = {
-        "canary": {"phase": "Progressing", "step": 3, "weight": 100, "stepStartedAt": started,
-                   "revision": "pvc://models/ranker/8"}
-    }  # fmt: skip
-    healthy = (('code=~"5.."', 0.0), ("kinfer_requests_total", 500.0), ("histogram_quantile", 0.05))
-    result = tick(isvc, Answers(*healthy, ("kinfer_shadow", 0.0)), [_canary_deployment(1)], T0)
+    isvc = _progressing_with_drift(step=3, weight=100)
+    result = tick(isvc, Answers(*HEALTHY, ("kinfer_shadow", 0.0)), [_canary_deployment(1)], T0)
     assert result.status_patch["canary"]["phase"] == "Promoting"
