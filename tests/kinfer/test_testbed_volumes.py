@@ -3,6 +3,9 @@ for real under the chart's operator pods."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +125,23 @@ def test_sub_path_mounts_are_refused() -> None:
     container = {"volumeMounts": [{"name": "tmp", "mountPath": "/x", "subPath": "y"}]}
     with pytest.raises(volumes.VolumeError, match="subPath"):
         volumes.binds(container, {"tmp": Path("/t")})
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root (as the test bed does)")
+def test_a_volume_over_the_programs_directory_does_not_hide_the_program(tmp_path: Path) -> None:
+    covered, empty = tmp_path / "covered", tmp_path / "emptydir"
+    (covered / "venv").mkdir(parents=True)
+    (covered / "venv" / "program").write_text("runs\n")
+    empty.mkdir()
+
+    def run(*keep: str) -> subprocess.CompletedProcess[str]:
+        argv = ["unshare", "--mount", "--propagation", "private", sys.executable, "-m",
+                "kinfer.testbed.sandbox", f"--bind={empty}:{covered}", *keep, "--",
+                "cat", str(covered / "venv" / "program")]  # fmt: skip
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+    assert run().returncode != 0  # the emptyDir hides it, as on a checkout under /tmp
+    kept = run(f"--keep={covered / 'venv'}")
+    assert (kept.returncode, kept.stdout) == (0, "runs\n"), kept.stderr
+    # Outside the container the volume holds only the empty mount point the bind needed.
+    assert not any((empty / "venv").iterdir())

@@ -69,6 +69,10 @@ BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
 BACKOFF_RESET_AFTER_S = 60.0
 TICK_S = 0.2
+# What the programs run by the sandbox need from the host, whatever volume covers it.
+KEEP = [
+    f"--keep={p}" for p in sorted({sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parents[2])})
+]
 ENDPOINTS_TTL_S = 1.0  # how long a Service's EndpointSlices are reused by its relays
 
 
@@ -434,7 +438,7 @@ class PodRunner:
         binds = volumes.bind_args(volumes.binds(c.spec, self.volumes))
         if c.spec.get("securityContext", {}).get("readOnlyRootFilesystem"):
             binds.append("--read-only-root")
-        return [sys.executable, "-m", "kinfer.testbed.sandbox", *binds, "--", *argv]
+        return [sys.executable, "-m", "kinfer.testbed.sandbox", *binds, *KEEP, "--", *argv]
 
     def _proc_file(self, c: Container) -> Path:
         return self.state / "procs" / f"{self._uid}-{c.name}.json"

@@ -1,10 +1,15 @@
 """Give one container process its volumes, then exec its command (used by the launcher).
 
 The launcher runs `ip netns exec <pod netns> python -m kinfer.testbed.sandbox --bind SRC:DST[:ro]
-... [--read-only-root] -- COMMAND...`. `ip netns exec` has already put this process into a mount
-namespace of its own (host mounts propagate in, ours never out), so the binds and the
+... --keep PATH ... [--read-only-root] -- COMMAND...`. `ip netns exec` has already put this
+process into a mount namespace of its own (host mounts propagate in, ours never out), so the binds and the
 read-only root below are seen by this container alone; the host's filesystem is untouched
 except for empty directories made as mount points where none existed.
+
+The container's "image" is the host's filesystem, so a volume can hide the program itself: an
+emptyDir on /tmp hides a checkout (and its virtualenv) under /tmp. `--keep` names what the
+program needs (interpreter, virtualenv, code); a kept path a volume now hides is bound back
+inside that volume, as it would stand in an image.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ def _mount(source: str | None, target: str, flags: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bind", action="append", default=[], metavar="SRC:DST[:ro]")
+    ap.add_argument("--keep", action="append", default=[], metavar="PATH", help="bound back if hidden")
     ap.add_argument("--read-only-root", action="store_true", help="remount / read-only")
     ap.add_argument("command", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
@@ -39,11 +45,18 @@ def main(argv: list[str] | None = None) -> None:
     for spec in args.bind:
         src, dst, *flags = spec.split(":")
         held.append((os.open(src, os.O_PATH | os.O_DIRECTORY), dst, flags == ["ro"]))
+    kept = [(os.open(p, os.O_PATH | os.O_DIRECTORY), p) for p in args.keep if os.path.isdir(p)]
     for fd, dst, ro in held:
         os.makedirs(dst, exist_ok=True)
         _mount(f"/proc/self/fd/{fd}", dst, MS_BIND)
         if ro:
             _mount(None, dst, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        os.close(fd)
+    destinations = [dst for _, dst, _ in held]
+    for fd, path in kept:
+        if any(os.path.commonpath([path, dst]) == dst for dst in destinations):
+            os.makedirs(path, exist_ok=True)  # inside the volume that hides it
+            _mount(f"/proc/self/fd/{fd}", path, MS_BIND)
         os.close(fd)
     # After the binds (which need their mount points): the binds themselves stay writable
     # unless :ro, as a kubelet's volumes on a read-only root filesystem do.
