@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -67,3 +68,23 @@ def start_server(
         time.sleep(0.05)
     proc.kill()
     raise AssertionError(f"server did not become {want}:\n{log_path.read_text()}")
+
+
+def http_get(server: Server, path: str) -> tuple[int, bytes]:
+    host, port = server.http.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` in a /metrics text whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith((name + "{", name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

@@ -19,7 +19,7 @@ import pytest
 import tritonclient.grpc as tgrpc
 from tritonclient.utils import InferenceServerException
 
-from tests.kinfer_runtime.server_proc import Server, start_server
+from tests.kinfer_runtime.server_proc import Server, http_get, metric, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -43,24 +43,6 @@ def _post(server: Server, body: bytes, conn: http.client.HTTPConnection | None =
     if conn is None:
         c.close()
     return resp.status, doc, resp
-
-
-def _get(server: Server, path: str) -> tuple[int, bytes]:
-    c = _conn(server)
-    try:
-        c.request("GET", path)
-        resp = c.getresponse()
-        return resp.status, resp.read()
-    finally:
-        c.close()
-
-
-def _metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith((name + "{", name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 @pytest.fixture
@@ -89,18 +71,18 @@ def test_concurrent_clients_batch_and_get_their_own_rows(slow_server: Server) ->
 
     with ThreadPoolExecutor(12) as pool:
         list(pool.map(client, range(12)))
-    text = _get(slow_server, "/metrics")[1].decode()
-    batches = _metric(text, "kinfer_batch_size_count")
-    rows = _metric(text, "kinfer_batch_size_sum")
+    text = http_get(slow_server, "/metrics")[1].decode()
+    batches = metric(text, "kinfer_batch_size_count")
+    rows = metric(text, "kinfer_batch_size_sum")
     assert rows / batches > 1.5, text  # batches of more than one request formed
-    assert _metric(text, "kinfer_requests_total", code="200") == 48
+    assert metric(text, "kinfer_requests_total", code="200") == 48
     for name in ("kinfer_queue_depth", "kinfer_inflight_requests",
                  "kinfer_request_duration_seconds_bucket", "kinfer_batch_size_bucket"):  # fmt: skip
         assert name in text
     for phase in ("total", "queue", "compute"):
-        assert _metric(text, "kinfer_request_duration_seconds_count", phase=phase) >= 48
-    assert _metric(text, "kinfer_queue_depth") == 0
-    assert _metric(text, "kinfer_inflight_requests") == 0
+        assert metric(text, "kinfer_request_duration_seconds_count", phase=phase) >= 48
+    assert metric(text, "kinfer_queue_depth") == 0
+    assert metric(text, "kinfer_inflight_requests") == 0
 
 
 def _rss_kib(pid: int) -> int:
@@ -124,8 +106,8 @@ def test_overload_answers_429_and_stays_ready(slow_server: Server) -> None:
     assert 429 in codes and 200 in codes, codes
     assert set(codes) <= {200, 429}
     assert any("queue full" in d.get("error", "") for s, d in results if s == 429)
-    assert _get(slow_server, "/v2/health/live")[0] == 200
-    assert _get(slow_server, "/v2/health/ready")[0] == 200
+    assert http_get(slow_server, "/v2/health/live")[0] == 200
+    assert http_get(slow_server, "/v2/health/ready")[0] == 200
     rss = _rss_kib(slow_server.proc.pid)
     for _ in range(2):
         burst()
@@ -146,8 +128,8 @@ def test_overload_answers_429_and_stays_ready(slow_server: Server) -> None:
     with ThreadPoolExecutor(24) as pool:
         statuses = list(pool.map(grpc_call, range(24)))
     assert "StatusCode.RESOURCE_EXHAUSTED" in statuses, statuses
-    text = _get(slow_server, "/metrics")[1].decode()
-    assert _metric(text, "kinfer_requests_total", code="429") > 0
+    text = http_get(slow_server, "/metrics")[1].decode()
+    assert metric(text, "kinfer_requests_total", code="429") > 0
 
 
 @pytest.mark.parametrize("slow_server", [(("--max-batch-size", "1"), "0.3")], indirect=True)
@@ -171,8 +153,8 @@ def test_deadline_in_queue_is_504_and_the_model_never_runs_it(slow_server: Serve
             tgrpc.InferenceServerClient(slow_server.grpc).infer("slow", [inp], client_timeout=0.05)
         assert info.value.status() == str(grpc.StatusCode.DEADLINE_EXCEEDED)
         assert busy.result()[0] == 200
-    text = _get(slow_server, "/metrics")[1].decode()
-    assert _metric(text, "kinfer_batch_size_count") == 2  # only the two busy requests ran
+    text = http_get(slow_server, "/metrics")[1].decode()
+    assert metric(text, "kinfer_batch_size_count") == 2  # only the two busy requests ran
 
 
 @pytest.mark.parametrize("slow_server", [(("--max-delay-ms", "30"), "0.02")], indirect=True)
@@ -221,7 +203,7 @@ def test_sigterm_drains_under_load_and_exits_zero(slow_server: Server) -> None:
     slow_server.proc.send_signal(signal.SIGTERM)
     sigterm_sent.set()
     time.sleep(0.1)
-    assert _get(slow_server, "/v2/health/ready")[0] == 503  # unready at once, still answering
+    assert http_get(slow_server, "/v2/health/ready")[0] == 503  # unready at once, still answering
     for t in threads:
         t.join(30)
     assert slow_server.proc.wait(30) == 0

@@ -42,7 +42,7 @@ from kinfer_runtime.shadow import (
     urllib_post,
 )
 from tests.kinfer_runtime.models import make_slow
-from tests.kinfer_runtime.server_proc import Server, start_server
+from tests.kinfer_runtime.server_proc import Server, http_get, metric, start_server
 
 # ---- compare (pure) ----
 
@@ -382,17 +382,6 @@ def _canary(ranks: dict[str, Path], logs_dir: Path, shadow_url: str, *args: str)
                   "--shadow-timeout-ms", "2000", *args)  # fmt: skip
 
 
-def _get(server: Server, path: str) -> tuple[int, bytes]:
-    host, port = server.http.split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
-
-
 def _post_rows(conn: http.client.HTTPConnection, x: np.ndarray, path: str = "/v2/models/rank/infer") -> int:
     body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape),
                                    "data": x.ravel().tolist()}]})  # fmt: skip
@@ -402,19 +391,11 @@ def _post_rows(conn: http.client.HTTPConnection, x: np.ndarray, path: str = "/v2
     return resp.status
 
 
-def _metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith((name + "{", name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def _wait_metrics(server: Server, ready: Callable[[str], bool], what: str, timeout: float = 15.0) -> str:
     """Poll /metrics until `ready` holds (a deadline, no fixed sleep); say what was awaited."""
     deadline = time.monotonic() + timeout
     while True:
-        text = _get(server, "/metrics")[1].decode()
+        text = http_get(server, "/metrics")[1].decode()
         if ready(text):
             return text
         if time.monotonic() > deadline:
@@ -439,16 +420,16 @@ def test_shadowing_is_off_by_default(stable: Server) -> None:
     conn = _connect(stable)
     assert _post_rows(conn, _rows(2, 0)) == 200
     conn.close()
-    text = _get(stable, "/metrics")[1].decode()
+    text = http_get(stable, "/metrics")[1].decode()
     assert 'kinfer_shadow_comparisons_total{model="rank"} 0.0' in text
-    assert _metric(text, "kinfer_shadow_errors_total") == 0
+    assert metric(text, "kinfer_shadow_errors_total") == 0
     assert not any(line.get("msg") == "shadowing on" for line in stable.log_lines())
 
 
 def test_canary_of_the_same_model_shows_no_drift(
     stable: Server, ranks: dict[str, Path], logs_dir: Path
 ) -> None:
-    before = _metric(_get(stable, "/metrics")[1].decode(), "kinfer_requests_total", code="200")
+    before = metric(http_get(stable, "/metrics")[1].decode(), "kinfer_requests_total", code="200")
     canary = _canary(ranks, logs_dir, f"http://{stable.http}", "--model-version", "7")
     try:
         on = [line for line in canary.log_lines() if line.get("msg") == "shadowing on"]
@@ -459,7 +440,7 @@ def test_canary_of_the_same_model_shows_no_drift(
             inp = tgrpc.InferInput("x", [3, 8], "FP32")
             inp.set_data_from_numpy(_rows(3, 1))
             client.infer("rank", [inp], model_version="7")
-        _wait_metrics(canary, lambda t: _metric(t, "kinfer_shadow_comparisons_total") == 1, "gRPC comparison")
+        _wait_metrics(canary, lambda t: metric(t, "kinfer_shadow_comparisons_total") == 1, "gRPC comparison")
         time.sleep(1.2 / RATE)  # let the bucket refill: the first REST request below is sampled
         conn = _connect(canary)
         started = time.monotonic()
@@ -469,18 +450,18 @@ def test_canary_of_the_same_model_shows_no_drift(
         assert codes == [200] * 30
 
         def settled(text: str) -> bool:
-            n = _metric(text, "kinfer_shadow_comparisons_total")
-            served = _metric(_get(stable, "/metrics")[1].decode(), "kinfer_requests_total", code="200")
-            return n >= 2 and n == served - before and _metric(text, "kinfer_shadow_max_abs_diff_count") == n
+            n = metric(text, "kinfer_shadow_comparisons_total")
+            served = metric(http_get(stable, "/metrics")[1].decode(), "kinfer_requests_total", code="200")
+            return n >= 2 and n == served - before and metric(text, "kinfer_shadow_max_abs_diff_count") == n
 
         text = _wait_metrics(canary, settled, "the REST comparisons")
-        n = _metric(text, "kinfer_shadow_comparisons_total")
+        n = metric(text, "kinfer_shadow_comparisons_total")
         assert n <= 2 + RATE * window  # the gRPC one, then at most burst + rate * window
-        assert _metric(text, "kinfer_shadow_max_abs_diff_bucket", le="1e-06") == n
-        assert _metric(text, "kinfer_shadow_rows_total") == 3 * n
-        assert _metric(text, "kinfer_shadow_argmax_agree_total") == 3 * n
-        assert _metric(text, "kinfer_shadow_errors_total") == 0
-        assert _metric(text, "kinfer_requests_total", code="200") == 31
+        assert metric(text, "kinfer_shadow_max_abs_diff_bucket", le="1e-06") == n
+        assert metric(text, "kinfer_shadow_rows_total") == 3 * n
+        assert metric(text, "kinfer_shadow_argmax_agree_total") == 3 * n
+        assert metric(text, "kinfer_shadow_errors_total") == 0
+        assert metric(text, "kinfer_requests_total", code="200") == 31
     finally:
         assert canary.stop() == 0, canary.log_path.read_text()
 
@@ -493,12 +474,12 @@ def test_canary_of_a_different_model_shows_drift(ranks: dict[str, Path], logs_di
         assert _post_rows(conn, _rows(4, 2)) == 200
         conn.close()
         text = _wait_metrics(
-            canary, lambda t: _metric(t, "kinfer_shadow_max_abs_diff_count") == 1, "comparison"
+            canary, lambda t: metric(t, "kinfer_shadow_max_abs_diff_count") == 1, "comparison"
         )
-        assert _metric(text, "kinfer_shadow_rows_total") == 4
-        assert _metric(text, "kinfer_shadow_argmax_agree_total") == 0  # reversed: never the same
-        assert _metric(text, "kinfer_shadow_max_abs_diff_bucket", le="1.0") == 0
-        assert _metric(text, "kinfer_shadow_max_abs_diff_bucket", le="100.0") == 1
+        assert metric(text, "kinfer_shadow_rows_total") == 4
+        assert metric(text, "kinfer_shadow_argmax_agree_total") == 0  # reversed: never the same
+        assert metric(text, "kinfer_shadow_max_abs_diff_bucket", le="1.0") == 0
+        assert metric(text, "kinfer_shadow_max_abs_diff_bucket", le="100.0") == 1
     finally:
         assert canary.stop() == 0, canary.log_path.read_text()
         assert other.stop() == 0, other.log_path.read_text()
@@ -518,10 +499,10 @@ def test_stable_down_counts_http_errors_and_the_canary_answers_every_request(
         conn.close()
         assert codes == [200] * 24
         text = _wait_metrics(
-            canary, lambda t: _metric(t, "kinfer_shadow_errors_total", reason="http") >= 4, "http errors"
+            canary, lambda t: metric(t, "kinfer_shadow_errors_total", reason="http") >= 4, "http errors"
         )
-        assert _metric(text, "kinfer_shadow_comparisons_total") == 0
-        assert _metric(text, "kinfer_requests_total", code="200") == 24
+        assert metric(text, "kinfer_shadow_comparisons_total") == 0
+        assert metric(text, "kinfer_requests_total", code="200") == 24
         warned = [
             line for line in canary.log_lines() if line.get("msg", "").startswith("shadow request failed")
         ]
