@@ -154,6 +154,10 @@ def others() -> list[GoBinary]:
             "-s -w",
             f"-X helm.sh/helm/v3/internal/version.version={h}",
             "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
+            # The Kubernetes version `helm template` and `helm lint` assume offline, as helm's
+            # Makefile sets it from its client-go (v0.36 → 1.36); without it helm says 1.20.
+            *(f"-X helm.sh/helm/v3/pkg/{pkg}.k8sVersion{part}" for pkg in ("chartutil", "lint/rules")
+              for part in ("Major=1", "Minor=36")),
         ]
     )
     return [
