@@ -229,14 +229,13 @@ def tracks(name: str, spec: api.InferenceServiceSpec, status: dict[str, Any]) ->
             # Hand over like blue/green: the canary grows to the full count while stable keeps
             # serving its own model on its own pods.
             canary_replicas = total
-        elif state.get("phase") == "Succeeded":
+        elif state.get("phase") == "Succeeded" and not state.get("handedOver"):
             # Second half: stable rolls to the canary's model (effective_model) on the full
-            # count; the canary keeps its pods until those are ready (handedOver), then none.
-            canary_replicas = 0 if state.get("handedOver") else total
-            if not state.get("handedOver"):
-                # The canary carries everything meanwhile, so stable may be replaced all at
-                # once: a surge pod would need one GPU more than Promoting already held.
-                stable_update = {"maxSurge": 0, "maxUnavailable": "100%"}
+            # count; the canary keeps its pods until those are ready (handedOver: weight 0, so
+            # the split below gives it none). It carries everything meanwhile, so stable may be
+            # replaced all at once: a surge pod would need one GPU more than Promoting held.
+            canary_replicas = total
+            stable_update = {"maxSurge": 0, "maxUnavailable": "100%"}
         else:
             stable_split, canary_replicas = split_replicas(total, canary_weight(canary, status))
             if stable_replicas is not None:

@@ -23,14 +23,16 @@ class RolloutTick:
     reapply: bool = False
 
 
+def _ready(d: dict[str, Any]) -> bool:
+    """The Deployment's controller has seen its current spec and every wanted replica is ready."""
+    st = d.get("status") or {}
+    current = int(st.get("observedGeneration") or 0) >= int(d["metadata"].get("generation") or 0)
+    return current and int(st.get("readyReplicas") or 0) >= status_mod.spec_replicas(d)
+
+
 def canary_ready(deployments: list[dict[str, Any]]) -> bool:
     """Every desired canary replica runs the current template and is ready."""
-    for d in deployments:
-        if d["metadata"]["name"].endswith("-canary"):
-            st = d.get("status") or {}
-            current = int(st.get("observedGeneration") or 0) >= int(d["metadata"].get("generation") or 0)
-            return current and int(st.get("readyReplicas") or 0) >= status_mod.spec_replicas(d)
-    return False
+    return any(d["metadata"]["name"].endswith("-canary") and _ready(d) for d in deployments)
 
 
 def stable_promoted(deployments: list[dict[str, Any]], name: str, uri: str) -> bool:
@@ -42,9 +44,8 @@ def stable_promoted(deployments: list[dict[str, Any]], name: str, uri: str) -> b
             want = status_mod.spec_replicas(d)
             return (
                 template.get("kinfer.dev/model-uri") == uri
-                and int(st.get("observedGeneration") or 0) >= int(d["metadata"].get("generation") or 0)
+                and _ready(d)
                 and int(st.get("updatedReplicas") or 0) >= want
-                and int(st.get("readyReplicas") or 0) >= want
                 and int(st.get("replicas") or 0) == want  # no pod of the old model left
             )
     return False
