@@ -12,6 +12,7 @@ from kinfer.api import v1alpha1 as api
 from kinfer.metrics_source import MetricsUnavailable
 from kinfer.rollout.analysis import OUTPUT_DRIFT
 from kinfer.rollout.drift import BUCKETS, DriftStats, analyze, bound, judge, queries
+from kinfer_runtime.metrics import DIFF_BUCKETS
 
 
 def stats(
@@ -24,6 +25,8 @@ def stats(
 def test_the_buckets_are_the_runtimes_1_2_5_series() -> None:
     assert BUCKETS[:4] == (1e-6, 2e-6, 5e-6, 1e-5) and BUCKETS[-1] == 100
     assert len(BUCKETS) == 25
+    # The analysis names the runtime's bucket bounds in its queries: the two must not drift.
+    assert BUCKETS == DIFF_BUCKETS
 
 
 @pytest.mark.parametrize(

@@ -379,7 +379,7 @@ class PodRunner:
         """The Services of the pod's namespace as they are now, by name (its /etc/hosts) and by
         ClusterIP (a relay per TCP port): services.py."""
         ns = self.pod["metadata"]["namespace"]
-        listed = services.with_cluster_ip(self.kube.get(f"/api/v1/namespaces/{ns}/services")["items"])
+        listed = self.kube.get(f"/api/v1/namespaces/{ns}/services")["items"]  # headless and ExternalName skipped below
         network.write_hosts(netns, services.hosts_file(self.pod, listed, socket.gethostname()))
         if self.proxy is not None:
             self.proxy.ensure(services.tcp_ports(listed))
