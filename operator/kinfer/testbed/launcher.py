@@ -379,7 +379,8 @@ class PodRunner:
         """The Services of the pod's namespace as they are now, by name (its /etc/hosts) and by
         ClusterIP (a relay per TCP port): services.py."""
         ns = self.pod["metadata"]["namespace"]
-        listed = self.kube.get(f"/api/v1/namespaces/{ns}/services")["items"]  # headless and ExternalName skipped below
+        # hosts_file and tcp_ports skip headless and ExternalName Services themselves.
+        listed = self.kube.get(f"/api/v1/namespaces/{ns}/services")["items"]
         network.write_hosts(netns, services.hosts_file(self.pod, listed, socket.gethostname()))
         if self.proxy is not None:
             self.proxy.ensure(services.tcp_ports(listed))
