@@ -59,6 +59,15 @@ class Setup:
         conds = (isvc.get("status") or {}).get("conditions") or []
         return next((c for c in conds if c["type"] == kind), {})
 
+    def can_i(self, who: str, verb: str, resource: str, namespace: str = "") -> str:
+        """`kubectl auth can-i` as `who`: "yes" or "no" (with kubectl's output when neither).
+        A resource ending in /status (or another subresource) is asked as --subresource."""
+        resource, _, sub = resource.partition("/")
+        args = [verb, resource, *([f"--subresource={sub}"] if sub else [])]
+        args += [*(["-n", namespace] if namespace else []), f"--as={who}"]
+        out = self.kubectl("auth", "can-i", *args, check=False)
+        return out.stdout.strip() if out.stdout.strip() in ("yes", "no") else out.stdout + out.stderr
+
     def why(self, namespace: str, *objects: str) -> str:
         return self.testbed.diagnostics(namespace, *objects) + f"\n--- operator log:\n{self.operator.tail()}"
 

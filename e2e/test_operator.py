@@ -238,13 +238,8 @@ def test_standby_takes_over_when_the_leader_is_killed(setup: Setup, namespace: s
 def test_operator_service_account_has_least_privilege(
     setup: Setup, verb: str, resource: str, allowed: bool
 ) -> None:
-    who = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{SERVICE_ACCOUNT}"
-    subresource: list[str] = []
-    if resource.endswith("/status"):
-        resource, sub = resource.rsplit("/", 1)
-        subresource = [f"--subresource={sub}"]
-    out = setup.kubectl("auth", "can-i", verb, resource, *subresource, f"--as={who}", check=False)
-    assert out.stdout.strip() == ("yes" if allowed else "no"), out.stdout + out.stderr
+    answer = setup.can_i(f"system:serviceaccount:{OPERATOR_NAMESPACE}:{SERVICE_ACCOUNT}", verb, resource)
+    assert answer == ("yes" if allowed else "no"), f"{verb} {resource}: {answer}"
 
 
 @pytest.fixture(scope="module")
@@ -279,10 +274,5 @@ def namespaced_operator_account(setup: Setup) -> Iterator[str]:
 def test_namespaced_operator_touches_only_its_namespaces(
     setup: Setup, namespaced_operator_account: str, verb: str, resource: str, namespace: str, allowed: bool
 ) -> None:
-    where = ["-n", namespace] if namespace else []
-    out = setup.kubectl(
-        "auth", "can-i", verb, resource, *where, f"--as={namespaced_operator_account}", check=False
-    )
-    assert out.stdout.strip() == ("yes" if allowed else "no"), (
-        f"{verb} {resource} in {namespace}: {out.stdout}"
-    )
+    answer = setup.can_i(namespaced_operator_account, verb, resource, namespace)
+    assert answer == ("yes" if allowed else "no"), f"{verb} {resource} in {namespace}: {answer}"

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from kinfer.local import infer, make_failing_model, make_model
+from kinfer.local import infer, make_failing_model, make_model, ready_pod_tracks
 from operator_bed import MODELS, Setup, example
 
 pytestmark = pytest.mark.e2e
@@ -73,16 +73,8 @@ class Traffic:
 
     def _refresh(self) -> None:
         while not self.stop.is_set():
-            pods = self.setup.get(self.namespace, f"pods -l kinfer.dev/isvc={self.name}")
-            ready = {
-                p["status"]["podIP"]: p["metadata"]["labels"]["kinfer.dev/track"]
-                for p in pods.get("items", [])
-                if p.get("status", {}).get("podIP")
-                and any(
-                    c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", [])
-                )
-                and not p["metadata"].get("deletionTimestamp")
-            }
+            kubeconfig = self.setup.testbed.kubeconfig
+            ready = ready_pod_tracks(kubeconfig, self.namespace, self.name) or {}
             canary = (self.setup.get(self.namespace, f"kisvc/{self.name}").get("status") or {}).get(
                 "canary"
             ) or {}

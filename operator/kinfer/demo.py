@@ -172,15 +172,9 @@ class Traffic:
 
     def _refresh(self) -> None:
         while not self.stop.wait(1):
-            out = local.kubectl(self.kubeconfig, "get", "pods", "-n", self.namespace,
-                                "-l", f"kinfer.dev/isvc={self.name}", "-o", "json", check=False)  # fmt: skip
-            if out.returncode == 0:
-                self.pods = {
-                    p["status"]["podIP"]: p["metadata"]["labels"].get("kinfer.dev/track", "?")
-                    for p in json.loads(out.stdout)["items"]
-                    if local.condition(p, "Ready").get("status") == "True"
-                    and not p["metadata"].get("deletionTimestamp")
-                }
+            pods = local.ready_pod_tracks(self.kubeconfig, self.namespace, self.name)
+            if pods is not None:
+                self.pods = pods
 
     def _client(self, index: int) -> None:
         while not self.stop.is_set():

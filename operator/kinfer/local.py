@@ -307,3 +307,19 @@ class OperatorProcess:
 def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
     conds = (obj.get("status") or {}).get("conditions") or []
     return next((c for c in conds if c.get("type") == kind), {})
+
+
+def ready_pod_tracks(kubeconfig: Path, namespace: str, name: str) -> dict[str, str] | None:
+    """An InferenceService's ready model-server pods as a Service's endpoints list them: pod IP
+    → track (stable or canary). None when the pods could not be listed."""
+    out = kubectl(kubeconfig, "get", "pods", "-n", namespace, "-l", f"kinfer.dev/isvc={name}", "-o", "json",
+                  check=False)  # fmt: skip
+    if out.returncode != 0:
+        return None
+    return {
+        p["status"]["podIP"]: p["metadata"]["labels"].get("kinfer.dev/track", "?")
+        for p in json.loads(out.stdout)["items"]
+        if p.get("status", {}).get("podIP")
+        and condition(p, "Ready").get("status") == "True"
+        and not p["metadata"].get("deletionTimestamp")
+    }
