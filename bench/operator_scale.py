@@ -26,9 +26,9 @@ from typing import Any
 
 import kubernetes
 
-from kinfer import local
 from kinfer.api import v1alpha1 as api
-from kinfer.testbed import bed
+from kinfer_dev import local
+from kinfer_dev.testbed import bed
 
 NAMESPACE = "bench-scale"
 

@@ -25,11 +25,11 @@ from typing import Any, Protocol
 
 import pytest
 
-from kinfer.testbed import bed, install
-from kinfer.testbed.kube import Kube, KubeError
-from kinfer.testbed.procs import log_tail
+from kinfer_dev.testbed import bed, install
+from kinfer_dev.testbed.kube import Kube, KubeError
+from kinfer_dev.testbed.procs import log_tail
 
-CLI = [sys.executable, "-m", "kinfer.testbed.cli"]
+CLI = [sys.executable, "-m", "kinfer_dev.testbed.cli"]
 Obj = dict[str, Any]
 
 

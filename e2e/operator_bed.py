@@ -1,4 +1,4 @@
-"""e2e helpers for tests that run the operator, on top of kinfer.local (shared with `kinfer demo`).
+"""e2e helpers for tests that run the operator, on top of kinfer_dev.local (shared with `kinfer demo`).
 
 `setup` is a session fixture: one operator process for the whole run (the HA and restart tests
 replace it), authenticated with its ServiceAccount's token. Test modules import it by name.
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kinfer.local import OperatorProcess, install, install_gateway_api, make_model, operator_kubeconfig
+from kinfer_dev.local import OperatorProcess, install, install_gateway_api, make_model, operator_kubeconfig
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = Path("/tmp/kinfer-e2e-models")

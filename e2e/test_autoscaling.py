@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from kinfer.local import infer, make_slow_model
-from kinfer.testbed import bed
+from kinfer_dev.local import infer, make_slow_model
+from kinfer_dev.testbed import bed
 from operator_bed import MODELS, Setup
 
 pytestmark = pytest.mark.e2e

@@ -7,7 +7,7 @@ no kubeconfig, and the API server and Prometheus reached through KUBERNETES_SERV
 (launcher.py). So the chart's RBAC is what the operator really has: a forgotten permission fails
 these tests.
 
-For the module the session's operator is stopped and what `kinfer.local.install` made besides
+For the module the session's operator is stopped and what `kinfer_dev.local.install` made besides
 the CRDs is removed (the chart creates the same names); both come back at the end. The tests
 run in order: install, serve, upgrade, uninstall.
 """
@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from kinfer.local import OPERATOR_NAMESPACE, install, operator_kubeconfig, uninstall
-from kinfer.testbed.install import paths
+from kinfer_dev.local import OPERATOR_NAMESPACE, install, operator_kubeconfig, uninstall
+from kinfer_dev.testbed.install import paths
 from operator_bed import ROOT, Setup, example
 
 pytestmark = pytest.mark.e2e

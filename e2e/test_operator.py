@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from kinfer.local import OPERATOR_NAMESPACE
 from kinfer.manifests import SERVICE_ACCOUNT
+from kinfer_dev.local import OPERATOR_NAMESPACE
 from operator_bed import ROOT, Setup, example, resource_versions
 
 pytestmark = pytest.mark.e2e

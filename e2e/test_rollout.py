@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from kinfer.local import infer, make_failing_model, make_model, ready_pod_tracks
+from kinfer_dev.local import infer, make_failing_model, make_model, ready_pod_tracks
 from operator_bed import MODELS, Setup, example
 
 pytestmark = pytest.mark.e2e

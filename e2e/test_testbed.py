@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from kinfer.testbed import bed, network
-from kinfer.testbed.kube import Kube, KubeError
-from kinfer.testbed.procs import Proc
+from kinfer_dev.testbed import bed, network
+from kinfer_dev.testbed.kube import Kube, KubeError
+from kinfer_dev.testbed.procs import Proc
 
 pytestmark = pytest.mark.e2e
 

@@ -18,6 +18,6 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 start=$(date +%s)
-# install.py needs only the standard library and the kinfer package on the path.
-PYTHONPATH="$repo/operator${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m kinfer.testbed.install
+# install.py needs only the standard library and the kinfer_dev package on the path.
+PYTHONPATH="$repo/devtools${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m kinfer_dev.testbed.install
 echo "ci-install: test bed binaries ready in $(( $(date +%s) - start )) s"

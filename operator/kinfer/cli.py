@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sys
+from importlib.metadata import entry_points
 from importlib.metadata import version as package_version
-from pathlib import Path
 from typing import Any, TextIO
 
 import click
@@ -236,46 +236,6 @@ def operator(
     )
 
 
-@main.command()
-@click.option("--down", "tear_down", is_flag=True, help="Remove the demo and stop its operator.")
-@click.option(
-    "--canary",
-    is_flag=True,
-    help="Then apply examples/gpu-canary.yaml under load and print each step of its rollout.",
-)
-@click.option(
-    "--step-seconds",
-    type=click.IntRange(10, 600),
-    default=30,
-    show_default=True,
-    help="stepSeconds for the canary walk (the example says 120).",
-)
-@click.option(
-    "--state",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Test bed state directory (default $KINFER_TESTBED_STATE or /tmp/kinfer-testbed).",
-)
-@click.option(
-    "--timeout",
-    type=float,
-    default=240,
-    show_default=True,
-    help="Seconds to wait for the InferenceService to become Ready.",
-)
-def demo(tear_down: bool, canary: bool, step_seconds: int, state: Path | None, timeout: float) -> None:
-    """Run kinfer end to end on this machine: test bed, operator, a GPU InferenceService."""
-    from kinfer import demo as demo_mod
-    from kinfer.testbed import bed
-
-    where = state or bed.default_state_dir()
-    if tear_down:
-        demo_mod.down(where, click.echo)
-        return
-    if not demo_mod.up(where, canary, click.echo, timeout=timeout, step_seconds=step_seconds):
-        sys.exit(1)
-
-
 @main.command("explain-scale")
 @click.argument("name", required=False)
 @click.option("-n", "--namespace", default="default", show_default=True)
@@ -326,13 +286,22 @@ def explain_scale(name: str | None, namespace: str, recorded: str | None, promet
     click.echo(explain(decide(scaling, window, state, now), window))
 
 
-def _register_dev() -> None:
-    from kinfer.testbed.cli import dev
+PLUGIN_GROUP = "kinfer.commands"
+"""Entry points that add commands to `kinfer`: the development tools (`kinfer dev`, `kinfer demo`)
+live in their own distribution, kinfer-dev, which the product and its images do not contain."""
 
-    main.add_command(dev)
+
+def _register_plugins() -> None:
+    for entry in entry_points(group=PLUGIN_GROUP):
+        try:
+            command = entry.load()
+        except ImportError as exc:  # an installed plugin that is broken must not break `kinfer`
+            print(f"kinfer: ignoring command {entry.name!r} ({entry.value}): {exc}", file=sys.stderr)
+            continue
+        main.add_command(command, entry.name)
 
 
-_register_dev()
+_register_plugins()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The Helm chart, without a cluster: the real `helm` renders and lints it, the Kubernetes 1.32
 schemas validate what it renders, and its RBAC is the generator's (kinfer.manifests).
 
-helm is the test bed's build (`python -m kinfer.testbed.install helm`); a missing binary fails
+helm is the test bed's build (`python -m kinfer_dev.testbed.install helm`); a missing binary fails
 these tests with that command, it never skips them.
 """
 
@@ -22,7 +22,7 @@ import yaml
 from kinfer import manifests
 from kinfer.render import to_yaml
 from kinfer.settings import OperatorConfig
-from kinfer.testbed.install import paths
+from kinfer_dev.testbed.install import paths
 
 from .conftest import ROOT, k8s_validate
 
@@ -43,7 +43,7 @@ def helm_binary() -> Path:
     if not helm.is_file():
         pytest.fail(
             f"helm is not built: {helm} is missing. Build it with\n"
-            "  .venv/bin/python -m kinfer.testbed.install helm",
+            "  .venv/bin/python -m kinfer_dev.testbed.install helm",
             pytrace=False,
         )
     return helm

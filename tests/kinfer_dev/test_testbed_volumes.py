@@ -1,4 +1,4 @@
-"""The launcher's pod volumes (kinfer.testbed.volumes) on their own; e2e/test_helm.py runs them
+"""The launcher's pod volumes (kinfer_dev.testbed.volumes) on their own; e2e/test_helm.py runs them
 for real under the chart's operator pods."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from kinfer.testbed import volumes
-from kinfer.testbed.kube import KubeError
+from kinfer_dev.testbed import volumes
+from kinfer_dev.testbed.kube import KubeError
 
 # What the ServiceAccount admission plugin adds to a pod that automounts its token.
 SA_VOLUME = {
@@ -136,7 +136,7 @@ def test_a_volume_over_the_programs_directory_does_not_hide_the_program(tmp_path
 
     def run(*keep: str) -> subprocess.CompletedProcess[str]:
         argv = ["unshare", "--mount", "--propagation", "private", sys.executable, "-m",
-                "kinfer.testbed.sandbox", f"--bind={empty}:{covered}", *keep, "--",
+                "kinfer_dev.testbed.sandbox", f"--bind={empty}:{covered}", *keep, "--",
                 "cat", str(covered / "venv" / "program")]  # fmt: skip
         return subprocess.run(argv, capture_output=True, text=True, timeout=30)
 

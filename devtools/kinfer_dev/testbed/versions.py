@@ -11,5 +11,9 @@ HELM = "v3.21.4"  # helm.sh/helm/v3
 # (Debian bookworm's prometheus 2.42 is built without kubernetes_sd_configs: unusable.)
 PROMETHEUS = "v0.316.0"
 
+# Source-only modules (downloaded into the module cache at install, nothing built):
+# the Gateway API CRDs (config/crd/standard).
+GATEWAY_API = "v1.2.1"  # sigs.k8s.io/gateway-api
+
 # The go line of the wrapper modules must be >= every dependency's go line.
 GO_LINE = "1.26.0"

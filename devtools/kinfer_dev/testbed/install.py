@@ -14,11 +14,12 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kinfer.testbed import versions
+from kinfer_dev.testbed import versions
 
 
 def cache_dir() -> Path:
@@ -213,6 +214,25 @@ def paths() -> Paths:
     )
 
 
+SOURCES = (("sigs.k8s.io/gateway-api", versions.GATEWAY_API),)
+"""Modules the test bed reads files from (CRDs), fetched at install so that tests need no network."""
+
+
+def module_dir(module: str, version: str) -> Path:
+    """The module's source directory in the module cache, downloaded first if it is not there
+    (offline when it is)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        # `go mod download` needs a module to run in; an empty one is enough.
+        (Path(scratch) / "go.mod").write_text("module kinfer.local/download\n")
+        out = subprocess.run(
+            ["go", "mod", "download", "-json", f"{module}@{version}"],
+            cwd=scratch, env=go_env(), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"go mod download {module}@{version} failed:\n{out.stdout}{out.stderr}")
+    return Path(json.loads(out.stdout)["Dir"])
+
+
 def missing(helm: bool = True) -> list[str]:
     """Binaries not installed yet (helm is a tool for users, `up` does not need it)."""
     p = paths()
@@ -230,6 +250,9 @@ def install_all(only: list[str] | None = None, echo: bool = True) -> None:
     builds = others()
     log = logs / "k8s.log"
     builds.insert(0, kubernetes(log))
+    for module, version in SOURCES if not only else ():
+        if echo:
+            print(f"{module} {version}: sources in {module_dir(module, version)}", flush=True)
     for b in builds:
         if only and b.name not in only:
             continue

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from kinfer.testbed import bed, install, versions
+from kinfer_dev.testbed import bed, install, versions
 
 STATE_HELP = "Test bed state directory [env KINFER_TESTBED_STATE, default /tmp/kinfer-testbed]."
 
@@ -52,7 +52,7 @@ def install_cmd(only: tuple[str, ...]) -> None:
     """Build the test bed's binaries from the Go module proxy into ~/.cache/kinfer/bin.
 
     Kubernetes, etcd, kwok, helm and Prometheus at the versions pinned in
-    kinfer/testbed/versions.py; a binary already in the cache is not rebuilt. Needs the `go`
+    kinfer_dev/testbed/versions.py; a binary already in the cache is not rebuilt. Needs the `go`
     toolchain. KINFER_CACHE overrides the cache directory.
     """
     try:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kinfer.testbed import certs, install, network, nodes, prometheus, versions
-from kinfer.testbed.kube import Kube, KubeError
-from kinfer.testbed.procs import Proc, log_tail, spawn, stop
+from kinfer_dev.testbed import certs, install, network, nodes, prometheus, versions
+from kinfer_dev.testbed.kube import Kube, KubeError
+from kinfer_dev.testbed.procs import Proc, log_tail, spawn, stop
 
 # Stopped in this order by `down` (reverse of start).
 ORDER = (
@@ -84,6 +84,46 @@ class Bed:
     def running(self) -> bool:
         ps = self.procs()
         return bool(ps) and {p.name for p in ps} == set(ORDER) and all(p.alive() for p in ps)
+
+    def identity(self) -> dict[str, int | str] | None:
+        """The running API server process: what a client started against this bed is bound to
+        (a later bed in the same state directory has other ports and another API server)."""
+        return next((p.as_dict() for p in self.procs() if p.name == "kube-apiserver"), None)
+
+    @property
+    def clients_dir(self) -> Path:
+        return self.state / "clients"
+
+    def record_client(self, proc: Proc) -> None:
+        """Remember a process a tool started against this bed (the demo's operator), so that
+        `down` stops it and nothing reuses it once the bed it talked to is gone."""
+        self.clients_dir.mkdir(parents=True, exist_ok=True)
+        record = {"proc": proc.as_dict(), "bed": self.identity()}
+        (self.clients_dir / f"{proc.name}.json").write_text(json.dumps(record))
+
+    def client(self, name: str) -> Proc | None:
+        """The recorded client `name` when it is alive and bound to this running bed; a client
+        of an earlier bed is stopped and forgotten."""
+        path = self.clients_dir / f"{name}.json"
+        try:
+            record = json.loads(path.read_text())
+            proc = Proc.from_dict(record["proc"])
+        except (OSError, ValueError, KeyError):
+            return None
+        if proc.alive() and self.running() and record.get("bed") == self.identity():
+            return proc
+        stop([proc], grace=10)
+        path.unlink(missing_ok=True)
+        return None
+
+    def clients(self) -> list[Proc]:
+        out = []
+        for f in sorted(self.clients_dir.glob("*.json")) if self.clients_dir.is_dir() else []:
+            try:
+                out.append(Proc.from_dict(json.loads(f.read_text())["proc"]))
+            except (OSError, ValueError, KeyError):
+                continue
+        return out
 
     def prometheus_url(self) -> str:
         return f"http://127.0.0.1:{self.load()['ports']['prometheus']}"
@@ -245,7 +285,7 @@ def _argv(name: str, state: Path, ports: dict[str, int]) -> list[str]:
         return [
             sys.executable,
             "-m",
-            "kinfer.testbed.launcher",
+            "kinfer_dev.testbed.launcher",
             f"--kubeconfig={kc}",
             f"--state={state}",
             f"--relay-port={ports['prometheus']}",
@@ -264,8 +304,8 @@ def up(state: Path, echo: Callable[[str], None] = print) -> Bed:
     if bed.running():
         echo(f"test bed already running in {state}")
         return bed
-    if bed.procs():
-        down(state, echo=lambda _: None)  # half-dead leftovers
+    if bed.procs() or bed.clients():
+        down(state, echo=lambda _: None)  # half-dead leftovers, and clients of an earlier bed
     missing = install.missing(helm=False)
     if missing:
         raise StartupError("missing binaries (run `kinfer dev install`): " + ", ".join(missing))
@@ -381,6 +421,9 @@ def down(state: Path, echo: Callable[[str], None] = print, keep_logs: bool = Fal
     bed = Bed(state)
     procs = bed.procs()
     by_name = {p.name: p for p in procs}
+    # Clients first (the demo's operator), while the API server still answers their last calls.
+    stop(bed.clients(), grace=10)
+    _rmtree(bed.clients_dir)
     # The launcher stops its pods itself on SIGTERM; give it time for their grace periods.
     if "launcher" in by_name:
         stop([by_name["launcher"]], grace=15)

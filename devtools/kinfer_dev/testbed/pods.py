@@ -1,52 +1,13 @@
-"""The pod launcher: the test bed's stand-in for a kubelet's container runtime.
-
-kwok schedules nothing and runs nothing; it marks a scheduled pod Running (not Ready) with an
-IP from its node's podCIDR. For each such pod on a test bed node the launcher:
-- makes a network namespace holding the pod IP (network.py) and starts every container's
-  command + args there as a local process with the pod's env (`ip netns exec`);
-- runs the readiness probe for real against the process and patches the pod's Ready and
-  ContainersReady conditions and containerStatuses, so EndpointSlices follow real readiness;
-- on deletion runs the preStop hook, sends SIGTERM, waits the grace period, sends SIGKILL,
-  removes the namespace and then deletes the pod object (as a kubelet does).
-
-Restart policy (kubelet-like, shorter delays for tests): a container that exits is restarted
-when restartPolicy is Always, or OnFailure and it failed; restartCount grows and the restart
-waits a back-off of 1 s, doubling per crash up to 30 s (reset after 60 s of running); meanwhile
-the container shows `waiting: CrashLoopBackOff`. A failing liveness probe kills the container
-(same back-off); a startup probe holds readiness and liveness until it passes, and restarts the
-container when it fails. With Never (or OnFailure and exit 0) it stays terminated; once all containers
-are, the pod phase becomes Succeeded (all exit 0) or Failed.
-
-Only allow-listed commands run: python (run with the launcher's own interpreter, so the
-project's virtualenv), kinfer, kinfer-runtime, sleep, plus names in $KINFER_LAUNCHER_ALLOW. A
-container without a command runs its image's base name when that is allowed (image
-`…/kinfer-runtime:tag` runs `kinfer-runtime`).
-
-Pods that mount a ServiceAccount token act on the cluster (the operator installed by the Helm
-chart) and run as a kubelet would run them: their volumes are made (volumes.py: the token comes
-from a TokenRequest bound to the pod) and bind-mounted into a mount namespace of the container's
-own (sandbox.py), a read-only root filesystem is honoured, HOME is /, and the API server
-(KUBERNETES_SERVICE_HOST/PORT) and Prometheus are reachable on 127.0.0.1 inside the pod through
-relays (relay.py). No kubeconfig reaches them: the token is all they have. Other pods (the model
-servers) see the host's filesystem, so `file://` models under /tmp work.
-
-Every pod in a network namespace reaches the Services of its own namespace that exist when it
-starts, by name and ClusterIP (services.py): the names are in its /etc/hosts, and the service
-range is routed to the test bed's service namespace (network.py), where a relay per Service
-port sends each connection to a ready endpoint read from the EndpointSlices (at most once a
-second per Service).
-"""
+"""Process supervision for one pod: start its containers in the pod's network namespace, run
+its probes, restart with back-off, run preStop and stop it, and report its status (pods.py is
+the kubelet part of the launcher; see launcher.py for the whole)."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import datetime as dt
-import functools
+import importlib.util
 import json
 import os
-import random
-import re
 import shutil
 import signal
 import socket
@@ -58,94 +19,36 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from kinfer.testbed import network, nodes, services, volumes
-from kinfer.testbed.kube import Kube, KubeError, Obj, pod_path
-from kinfer.testbed.procs import start_time
-from kinfer.testbed.relay import Address, Relay, host_loopback
+from kinfer_dev.testbed import network, services, volumes
+from kinfer_dev.testbed.kube import Kube, KubeError, Obj, pod_path
+from kinfer_dev.testbed.podspec import container_env, expand, port_of, resolve
+from kinfer_dev.testbed.procs import log, now_iso, start_time
+from kinfer_dev.testbed.relay import Relay, host_loopback
+from kinfer_dev.testbed.service_proxy import ServiceProxy
 
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
 BACKOFF_RESET_AFTER_S = 60.0
 TICK_S = 0.2
+
+
+def _source_roots() -> set[str]:
+    """Where kinfer, kinfer_runtime and kinfer_dev are imported from (source roots in a checkout)."""
+    roots = set()
+    for name in ("kinfer", "kinfer_runtime", "kinfer_dev"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin is not None:
+            roots.add(str(Path(spec.origin).resolve().parents[1]))
+    return roots
+
+
 # What the programs run by the sandbox need from the host, whatever volume covers it.
-KEEP = [
-    f"--keep={p}" for p in sorted({sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parents[2])})
-]
-ENDPOINTS_TTL_S = 1.0  # how long a Service's EndpointSlices are reused by its relays
+KEEP = [f"--keep={p}" for p in sorted({sys.prefix, sys.base_prefix, *_source_roots()})]
 
 
 # Probes go straight to the pod, never through a proxy from the environment.
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def log(msg: str) -> None:
-    print(f"{now_iso()} {msg}", flush=True)
-
-
-def allowed_names() -> set[str]:
-    extra = {n for n in os.environ.get("KINFER_LAUNCHER_ALLOW", "").split(",") if n}
-    return {"python", "python3", "kinfer", "kinfer-runtime", "sleep"} | extra
-
-
-def resolve(argv: list[str]) -> list[str]:
-    """The argv to run, or ValueError when its command is not allowed."""
-    if not argv:
-        raise ValueError("no command")
-    name = os.path.basename(argv[0])
-    if re.fullmatch(r"python3(\.\d+)?", name) or name == "python":
-        return [sys.executable, *argv[1:]]
-    if name not in allowed_names():
-        raise ValueError(f"command {argv[0]!r} is not on the launcher's allow-list")
-    # Prefer the launcher's virtualenv (kinfer-runtime is installed there).
-    venv_bin = Path(sys.executable).parent / name
-    path = str(venv_bin) if venv_bin.exists() else shutil.which(name)
-    if path is None:
-        raise ValueError(f"command {name!r} not found")
-    return [path, *argv[1:]]
-
-
-def expand(s: str, env: dict[str, str]) -> str:
-    """Kubernetes' $(VAR) expansion in command and args; $$ escapes."""
-    return re.sub(
-        r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
-        lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
-        s,
-    )
-
-
-def container_env(pod: Obj, c: Obj) -> dict[str, str]:
-    meta, spec, status = pod["metadata"], pod["spec"], pod.get("status", {})
-    fields = {
-        "metadata.name": meta["name"],
-        "metadata.namespace": meta["namespace"],
-        "metadata.uid": meta["uid"],
-        "spec.nodeName": spec.get("nodeName", ""),
-        "spec.serviceAccountName": spec.get("serviceAccountName", ""),
-        "status.podIP": status.get("podIP", ""),
-        "status.hostIP": status.get("hostIP", ""),
-    }
-    venv_bin = str(Path(sys.executable).parent)
-    env = {
-        "PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin",
-        "HOSTNAME": meta["name"],
-        "HOME": "/root",
-        "LANG": "C.UTF-8",
-        "PYTHONUNBUFFERED": "1",
-    }
-    for e in c.get("env", []):
-        if "value" in e:
-            env[e["name"]] = expand(e["value"], env)
-        elif fp := e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath"):
-            m = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", fp)
-            env[e["name"]] = meta.get(m.group(1), {}).get(m.group(2), "") if m else fields.get(fp, "")
-        # resourceFieldRef, configMapKeyRef, secretKeyRef: not supported (docs/testbed.md)
-    return env
 
 
 @dataclass
@@ -188,65 +91,6 @@ class Container:
     @property
     def name(self) -> str:
         return str(self.spec["name"])
-
-
-def port_of(c: Obj, port: Any) -> int:
-    if isinstance(port, int) or str(port).isdigit():
-        return int(port)
-    for p in c.get("ports", []):
-        if p.get("name") == port:
-            return int(p["containerPort"])
-    raise ValueError(f"no port named {port!r}")
-
-
-class ServiceProxy:
-    """The test bed's kube-proxy: a relay in network.SERVICE_NS on each ClusterIP:port that a
-    starting pod has seen, sending each connection to a ready endpoint of the Service at that
-    address. A Service's EndpointSlices are read at most once per `ttl_s` (a burst of
-    connections makes one request). Relays stay until the launcher stops: one whose Service is
-    gone finds no endpoint and resets its connections."""
-
-    def __init__(self, kube: Kube, ttl_s: float = ENDPOINTS_TTL_S) -> None:
-        self.kube, self.ttl_s = kube, ttl_s
-        self.lock = threading.Lock()
-        self.relays: dict[Address, Relay] = {}
-        self.targets: dict[Address, services.ServicePort] = {}
-        self.cache_lock = threading.Lock()
-        self.cache: dict[tuple[str, str], tuple[float, list[Obj]]] = {}
-        self.rng = random.Random()
-
-    def ensure(self, ports: list[services.ServicePort]) -> None:
-        """Relays for these Service ports; an address taken over by another Service (a ClusterIP
-        freed and given out again) now leads to the new one."""
-        with self.lock:
-            for sp in ports:
-                key = (sp.cluster_ip, sp.port)
-                self.targets[key] = sp
-                if key not in self.relays:
-                    upstream = functools.partial(self._upstream, key)
-                    self.relays[key] = Relay(network.SERVICE_NS, key, upstream)
-
-    def _upstream(self, key: Address) -> Address | None:
-        sp = self.targets[key]
-        try:
-            slices = self._slices(sp.namespace, sp.service)
-        except (KubeError, OSError) as e:
-            log(f"endpoints of {sp.namespace}/{sp.service}: {e!r}")
-            return None
-        return services.choose_endpoint(slices, sp.name, self.rng)
-
-    def _slices(self, namespace: str, service: str) -> list[Obj]:
-        with self.cache_lock:
-            now = time.monotonic()
-            hit = self.cache.get((namespace, service))
-            if hit is not None and now - hit[0] < self.ttl_s:
-                return hit[1]
-            path = f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
-            selector = f"kubernetes.io/service-name={service}"
-            items: list[Obj] = self.kube.get(path, labelSelector=selector)["items"]
-            self.cache = {k: v for k, v in self.cache.items() if now - v[0] < self.ttl_s}
-            self.cache[(namespace, service)] = (now, items)
-            return items
 
 
 @dataclass
@@ -439,7 +283,7 @@ class PodRunner:
         binds = volumes.bind_args(volumes.binds(c.spec, self.volumes))
         if c.spec.get("securityContext", {}).get("readOnlyRootFilesystem"):
             binds.append("--read-only-root")
-        return [sys.executable, "-m", "kinfer.testbed.sandbox", *binds, *KEEP, "--", *argv]
+        return [sys.executable, "-m", "kinfer_dev.testbed.sandbox", *binds, *KEEP, "--", *argv]
 
     def _proc_file(self, c: Container) -> Path:
         return self.state / "procs" / f"{self._uid}-{c.name}.json"
@@ -697,128 +541,3 @@ def delete_now(kube: Kube, pod: Obj) -> None:
     except KubeError as e:
         if e.status not in (404, 409):
             log(f"{m['namespace']}/{m['name']}: delete failed: {e}")
-
-
-class Launcher:
-    def __init__(self, kube: Kube, state: Path, relay_ports: list[int] | None = None) -> None:
-        self.kube, self.state = kube, state
-        api_port = int(kube.server.rsplit(":", 1)[1])
-        self.host_ports = [api_port, *(relay_ports or [])]
-        self.proxy = ServiceProxy(kube)
-        self.runners: dict[str, PodRunner] = {}
-        self.node_names = {n["metadata"]["name"] for n in nodes.fake_nodes()}
-        self.stopping = threading.Event()
-        self.launched: set[str] = set()
-
-    def handle(self, kind: str, pod: Obj) -> None:
-        meta, spec, status = pod["metadata"], pod["spec"], pod.get("status", {})
-        if spec.get("nodeName") not in self.node_names:
-            return
-        uid = meta["uid"]
-        runner = self.runners.get(uid)
-        if runner is not None and runner.thread is not None and not runner.thread.is_alive():
-            del self.runners[uid]
-            runner = None
-        if kind == "DELETED":
-            if runner is not None:
-                runner.stop(float(meta.get("deletionGracePeriodSeconds") or 0), finalize=False)
-            return
-        if meta.get("deletionTimestamp"):
-            if runner is not None:
-                grace = float(meta.get("deletionGracePeriodSeconds") or 0)
-                runner.stop(grace, finalize=True)
-            else:  # never ran (or ran and finished): nothing to stop
-                threading.Thread(target=delete_now, args=(self.kube, pod), daemon=True).start()
-            return
-        if runner is None and uid not in self.launched:
-            if status.get("phase") == "Running" and status.get("podIP"):
-                runner = PodRunner(self.kube, pod, self.state, self.host_ports, self.proxy)
-                self.runners[uid] = runner
-                self.launched.add(uid)  # a pod is launched once, like a kubelet's pod worker
-                runner.start()
-        elif runner is not None:
-            runner.pod["metadata"] = meta  # labels/annotations may change; spec may not
-
-    def sync(self) -> str:
-        """List pods, drop runners of pods that are gone, return the resourceVersion."""
-        listing = self.kube.get("/api/v1/pods")
-        present = set()
-        for pod in listing["items"]:
-            present.add(pod["metadata"]["uid"])
-            self.handle("ADDED", pod)
-        for uid, runner in list(self.runners.items()):
-            if uid not in present:
-                runner.stop(0, finalize=False)
-        return str(listing["metadata"]["resourceVersion"])
-
-    def run(self) -> None:
-        network.bridge_up()
-        network.service_ns_up()
-        rv = self.sync()
-        (self.state / "launcher.ready").write_text(str(os.getpid()))
-        log(f"launcher ready, managing nodes {sorted(self.node_names)}")
-        while not self.stopping.is_set():
-            try:
-                for ev in self.kube.watch("/api/v1/pods", rv, timeout_s=30):
-                    obj = ev["object"]
-                    if ev["type"] == "ERROR":
-                        raise KubeError(int(obj.get("code", 500)), str(obj.get("message")))
-                    rv = obj["metadata"]["resourceVersion"]
-                    if ev["type"] != "BOOKMARK":
-                        self.handle(ev["type"], obj)
-                    if self.stopping.is_set():
-                        break
-            except (KubeError, OSError, ValueError) as e:
-                log(f"watch ended ({e!r}); relisting")
-                if self.stopping.wait(1):
-                    break
-                try:
-                    rv = self.sync()
-                except (KubeError, OSError) as e2:
-                    log(f"relist failed: {e2!r}")
-
-    def shutdown(self, grace_s: float) -> None:
-        for r in list(self.runners.values()):
-            r.stop(min(grace_s, r._grace()), finalize=False)
-        for r in list(self.runners.values()):
-            if r.thread is not None:
-                r.thread.join(timeout=grace_s + 10)
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description="Run real processes for the test bed's pods.")
-    ap.add_argument("--kubeconfig", type=Path, required=True)
-    ap.add_argument("--state", type=Path, required=True)
-    ap.add_argument(
-        "--shutdown-grace",
-        type=float,
-        default=3.0,
-        help="seconds each pod gets to stop when the launcher stops",
-    )
-    ap.add_argument(
-        "--relay-port",
-        type=int,
-        action="append",
-        default=[],
-        help="a host loopback port (besides the API server's) that pods holding a token reach",
-    )
-    args = ap.parse_args()
-    launcher = Launcher(Kube(args.kubeconfig), args.state, args.relay_port)
-    watcher = threading.Thread(target=launcher.run, name="watch", daemon=True)
-
-    def on_term(signum: int, _frame: object) -> None:
-        launcher.stopping.set()
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    watcher.start()
-    while not launcher.stopping.wait(0.5):
-        if not watcher.is_alive():
-            log("watch thread died")
-            launcher.stopping.set()
-    launcher.shutdown(args.shutdown_grace)
-    log("launcher stopped")
-
-
-if __name__ == "__main__":
-    main()

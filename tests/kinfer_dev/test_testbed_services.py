@@ -1,4 +1,4 @@
-"""Services as a test bed pod sees them (kinfer.testbed.services): its hosts file and the choice
+"""Services as a test bed pod sees them (kinfer_dev.testbed.services): its hosts file and the choice
 of endpoint per connection. e2e/test_testbed.py runs them for real through the launcher."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from kinfer.testbed import services
+from kinfer_dev.testbed import services
 
 Obj = dict[str, Any]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from kinfer.testbed import versions
+from kinfer_dev.testbed import versions
 
 POD_RANGE = "10.88.0.0/16"  # all pod IPs; one bridge carries them (see launcher.py)
 MANAGED_ANNOTATION = "kwok.x-k8s.io/node"  # kwok manages nodes with this annotation = "fake"

@@ -11,8 +11,6 @@ takes it, through promotion and the handover to stable. Run it again and it reus
 from __future__ import annotations
 
 import json
-import os
-import signal
 import threading
 import time
 from collections import Counter
@@ -22,12 +20,18 @@ from typing import Any
 
 import yaml
 
-from kinfer import local
+from kinfer_dev import local
+from kinfer_dev.testbed import bed, install
+from kinfer_dev.testbed.procs import stop
 
 NAMESPACE = "kinfer-demo"
 NAME = "demo"
 CANARY_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "gpu-canary.yaml"
 Echo = Callable[[str], None]
+
+
+OPERATOR_CLIENT = "demo-operator"
+"""The demo's operator, recorded as a client of the test bed (`kinfer dev down` stops it)."""
 
 
 def _dir(state: Path) -> Path:
@@ -58,19 +62,7 @@ def canary_example(stable: Path, canary: Path, step_seconds: int) -> dict[str, A
     return doc
 
 
-def _operator_alive(pidfile: Path) -> bool:
-    try:
-        pid = int(pidfile.read_text())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return False
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    return cmdline.exists() and b"operator" in cmdline.read_bytes()
-
-
 def _ensure_bed(state: Path, echo: Echo) -> Path:
-    from kinfer.testbed import bed, install
-
     if install.missing():
         echo("kinfer demo: building the test bed from Go modules (first run only; see docs/testbed.md)")
         install.install_all()
@@ -95,18 +87,18 @@ def up(state: Path, canary: bool, echo: Echo, timeout: float = 240, step_seconds
     work = _dir(state)
     echo("kinfer demo: installing the CRD, kopf peering and the operator's RBAC")
     local.install(kubeconfig)
-    pidfile = work / "operator.pid"
-    if not _operator_alive(pidfile):
-        from kinfer.testbed import bed
-
+    current = bed.Bed(state)
+    running = current.client(OPERATOR_CLIENT)
+    if running is not None:
+        echo(f"kinfer demo: reusing its operator (pid {running.pid}), bound to this test bed")
+    else:
         op_config = local.operator_kubeconfig(kubeconfig, work / "operator.kubeconfig")
         operator = local.OperatorProcess(
             op_config, work / "operator.log", ["--standalone"],
-            env={"KINFER_PROMETHEUS_URL": bed.Bed(state).prometheus_url()},
+            env={"KINFER_PROMETHEUS_URL": current.prometheus_url()},
         ).start()  # fmt: skip
-        assert operator.proc is not None
-        pidfile.write_text(str(operator.proc.pid))
-        echo(f"kinfer demo: operator started (pid {operator.proc.pid}, log {work / 'operator.log'})")
+        current.record_client(operator.as_proc(OPERATOR_CLIENT))
+        echo(f"kinfer demo: operator started (pid {operator.pid}, log {work / 'operator.log'})")
     echo("kinfer demo: writing a small TorchScript model")
     model = local.make_model(work / "models" / "mlp-v1", seed=0)
     _apply(kubeconfig, inference_service(model))
@@ -266,9 +258,6 @@ def _first_inference(kubeconfig: Path) -> str:
 
 
 def down(state: Path, echo: Echo) -> None:
-    from kinfer.testbed import bed
-
-    work = _dir(state)
     current = bed.Bed(state)
     if current.running():
         canary_namespace = yaml.safe_load(CANARY_EXAMPLE.read_text())["metadata"]["namespace"]
@@ -276,10 +265,9 @@ def down(state: Path, echo: Echo) -> None:
         local.kubectl(current.kubeconfig, "delete", "namespace", NAMESPACE, canary_namespace,
                       "--ignore-not-found", "--timeout=120s", check=False)  # fmt: skip
         echo(f"kinfer demo: deleted namespaces {NAMESPACE} and {canary_namespace}")
-    pidfile = work / "operator.pid"
-    if _operator_alive(pidfile):
-        pid = int(pidfile.read_text())
-        os.kill(pid, signal.SIGTERM)
-        echo(f"kinfer demo: stopped the operator (pid {pid})")
-    pidfile.unlink(missing_ok=True)
+    operator = current.client(OPERATOR_CLIENT)
+    if operator is not None:
+        stop([operator], grace=20)
+        echo(f"kinfer demo: stopped the operator (pid {operator.pid})")
+    (current.clients_dir / f"{OPERATOR_CLIENT}.json").unlink(missing_ok=True)
     echo("kinfer demo: done (the test bed keeps running; `kinfer dev down` stops it)")

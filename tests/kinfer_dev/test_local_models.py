@@ -1,4 +1,4 @@
-"""The python-format test models kinfer.local writes load in the real runtime and behave."""
+"""The python-format test models kinfer_dev.local writes load in the real runtime and behave."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kinfer.local import make_failing_model, make_slow_model
+from kinfer_dev.local import make_failing_model, make_slow_model
 from kinfer_runtime.model import example_inputs, load_model
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from kinfer.testbed.kube import Kube, KubeError, Obj
+from kinfer_dev.testbed.kube import Kube, KubeError, Obj
 
 DEFAULT_TOKEN_SECONDS = 3600
 

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from kinfer.testbed.nodes import POD_RANGE
+from kinfer_dev.testbed.nodes import POD_RANGE
 
 BRIDGE = "kinfer0"
 HOST_ADDR = "169.254.88.1"  # the host's side of the bridge; link-local, never routed

@@ -7,6 +7,7 @@ recorded with its start time (from /proc): a recycled PID is never signalled.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -105,3 +106,12 @@ def log_tail(log: Path, lines: int = 40) -> str:
         return "".join(log.read_text(errors="replace").splitlines(keepends=True)[-lines:])
     except OSError:
         return "(no log)"
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def log(msg: str) -> None:
+    """One line of a test bed process's log (the launcher's), with a UTC timestamp."""
+    print(f"{now_iso()} {msg}", flush=True)

@@ -1,6 +1,6 @@
 """Give one container process its volumes, then exec its command (used by the launcher).
 
-The launcher runs `ip netns exec <pod netns> python -m kinfer.testbed.sandbox --bind SRC:DST[:ro]
+The launcher runs `ip netns exec <pod netns> python -m kinfer_dev.testbed.sandbox --bind SRC:DST[:ro]
 ... --keep PATH ... [--read-only-root] -- COMMAND...`. `ip netns exec` has already put this
 process into a mount namespace of its own (host mounts propagate in, ours never out), so the binds and the
 read-only root below are seen by this container alone; the host's filesystem is untouched

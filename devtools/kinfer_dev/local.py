@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import urllib.error
 import urllib.request
@@ -27,17 +26,17 @@ import yaml
 from kinfer.api.crd import crd_yaml
 from kinfer.manifests import SERVICE_ACCOUNT, peering, peering_crds, rbac
 from kinfer.render import to_yaml
+from kinfer_dev.testbed import install as testbed_install
+from kinfer_dev.testbed import versions
+from kinfer_dev.testbed.procs import Proc, start_time
 
 OPERATOR_NAMESPACE = "kinfer-system"
 # Gateway API CRDs come from their Go module (the proxy serves them; no release download).
 GATEWAY_API_MODULE = "sigs.k8s.io/gateway-api"
-GATEWAY_API_VERSION = "v1.2.1"
 
 
 def kubectl_binary() -> str:
-    from kinfer.testbed import install
-
-    built = install.paths().k8s / "kubectl"
+    built = testbed_install.paths().k8s / "kubectl"
     return str(built) if built.is_file() else shutil.which("kubectl") or "kubectl"
 
 
@@ -74,20 +73,8 @@ def uninstall(kubeconfig: Path) -> None:
 
 def gateway_api_crds() -> list[Path]:
     """The standard-channel Gateway API CRD files, from the Go module cache."""
-    from kinfer.testbed import install as testbed_install
-
-    module = f"{GATEWAY_API_MODULE}@{GATEWAY_API_VERSION}"
-    with tempfile.TemporaryDirectory() as scratch:
-        # `go mod download` needs a module to run in; an empty one is enough.
-        (Path(scratch) / "go.mod").write_text("module kinfer.local/gatewayapi\n")
-        out = subprocess.run(
-            ["go", "mod", "download", "-json", module], cwd=scratch, env=testbed_install.go_env(),
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-    if out.returncode != 0:
-        raise RuntimeError(f"go mod download {module} failed:\n{out.stdout}{out.stderr}")
-    folder = Path(json.loads(out.stdout)["Dir"]) / "config" / "crd" / "standard"
-    return sorted(folder.glob("gateway.networking.k8s.io_*.yaml"))
+    source = testbed_install.module_dir(GATEWAY_API_MODULE, versions.GATEWAY_API)
+    return sorted((source / "config" / "crd" / "standard").glob("gateway.networking.k8s.io_*.yaml"))
 
 
 def install_gateway_api(kubeconfig: Path) -> None:
@@ -291,6 +278,18 @@ class OperatorProcess:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def as_proc(self, name: str) -> Proc:
+        """This process as the test bed records processes (safe against a recycled PID)."""
+        started = start_time(self.pid)
+        if started is None:
+            raise RuntimeError(f"the operator exited at once; see {self.log}")
+        return Proc(name, self.pid, started)
 
     def tail(self, lines: int = 60) -> str:
         if not self.log.exists():
