@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from importlib.metadata import entry_points
 from importlib.metadata import version as package_version
@@ -9,20 +10,24 @@ from typing import Any, TextIO
 
 import click
 import yaml
-from pydantic import ValidationError
 
+from kinfer.api import wire
 from kinfer.api.crd import crd_yaml
-from kinfer.api.validation import problems
+from kinfer.api.v1alpha1 import InvalidSpec
+from kinfer.api.validation import check, problems
 from kinfer.render import render as render_objects
 from kinfer.render import to_yaml
 from kinfer.settings import load_config
 
 
 def _documents(stream: TextIO) -> list[Any]:
+    """The documents as kubectl reads them (YAML 1.1 scalars, JSON keys and numbers)."""
     try:
-        return [doc for doc in yaml.safe_load_all(stream) if doc is not None]
+        return wire.load_all(stream.read())
     except yaml.YAMLError as exc:
         raise click.ClickException(f"{stream.name}: not valid YAML: {exc}") from exc
+    except wire.LoadError as exc:
+        raise click.ClickException(f"{stream.name}: {exc}") from exc
 
 
 FILENAME = click.option(
@@ -50,25 +55,48 @@ def crd() -> None:
 
 @main.command()
 @FILENAME
-def validate(stream: TextIO) -> None:
-    """Check InferenceServices without a cluster.
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one object per document: {document, name, problems: [{field, reason, message}]}.",
+)
+def validate(stream: TextIO, output: str) -> None:
+    """Check InferenceServices without a cluster, as the API server would (the CRD's schema and
+    rules, Kubernetes' metadata rules, kubectl's reading of YAML).
 
-    Prints one line per problem, each naming the field and the reason, and exits 1; prints
-    'valid' and exits 0 when every document is valid.
+    Prints one line per problem, each naming the field and the reason in the API server's words,
+    and exits 1; prints 'valid' and exits 0 when every document is valid.
     """
     docs = _documents(stream)
     if not docs:
         raise click.ClickException(f"{stream.name}: no YAML documents")
     failed = False
+    report = []
     for index, doc in enumerate(docs):
-        name = doc.get("metadata", {}).get("name") if isinstance(doc, dict) else None
-        where = f"{stream.name}[{index}]" + (f" ({name})" if name else "")
-        for problem in problems(doc):
-            click.echo(f"{where}: {problem}")
-            failed = True
+        meta = doc.get("metadata") if isinstance(doc, dict) else None
+        name = meta.get("name") if isinstance(meta, dict) else None
+        found = check(doc)
+        failed = failed or bool(found)
+        report.append(
+            {
+                "document": index,
+                "name": name,
+                "problems": [{"field": p.field, "reason": p.reason, "message": p.message} for p in found],
+            }
+        )
+        if output == "text":
+            where = f"{stream.name}[{index}]" + (f" ({name})" if isinstance(name, str) and name else "")
+            for problem in found:
+                click.echo(f"{where}: {problem}")
+    if output == "json":
+        click.echo(json.dumps(report, indent=2))
     if failed:
         sys.exit(1)
-    click.echo("valid")
+    if output == "text":
+        click.echo("valid")
 
 
 @main.command()
@@ -96,7 +124,7 @@ def render(stream: TextIO, config_path: str | None, gateway_api: bool | None) ->
             raise click.ClickException("invalid InferenceService:\n  " + "\n  ".join(found))
         try:
             out += render_objects(doc, config)
-        except ValidationError as exc:  # problems() should have caught it; keep the message
+        except InvalidSpec as exc:  # problems() should have caught it; keep the message
             raise click.ClickException(str(exc)) from exc
     click.echo(to_yaml(out), nl=False)
 

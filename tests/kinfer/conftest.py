@@ -13,22 +13,33 @@ import yaml
 from kubernetes_validate.utils import schema_contents
 from referencing import Registry, Resource
 
+from kinfer.api import wire
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 INVALID = sorted((ROOT / "tests" / "data" / "invalid").glob("*.yaml"))
+VALID = sorted((ROOT / "tests" / "data" / "valid").glob("*.yaml"))
 K8S_VERSION = "1.32.0"
 
 
 def load(path: Path) -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load(path.read_text())
+    """The one document of a corpus file, read as kubectl reads it."""
+    (doc,) = wire.load_all(path.read_text())
+    assert isinstance(doc, dict)
     return doc
 
 
-def expected_field(path: Path) -> str:
-    """The field an invalid example must be blamed on, from its '# expect: FIELD' first line."""
+def expected_fields(path: Path) -> set[str]:
+    """The fields an invalid example must be blamed on, from its '# expect: FIELD[, FIELD]' first
+    line (the API server's field-less note that rules were not checked is not a field)."""
     first = path.read_text().splitlines()[0]
     assert first.startswith("# expect: "), f"{path.name} lacks its '# expect: FIELD' line"
-    return first.removeprefix("# expect: ").strip()
+    return {f.strip() for f in first.removeprefix("# expect: ").split(",")}
+
+
+def expected_field(path: Path) -> str:
+    (field,) = expected_fields(path)
+    return field
 
 
 @functools.cache

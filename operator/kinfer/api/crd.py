@@ -1,36 +1,25 @@
 """Generate the InferenceService CRD from the pydantic models.
 
 pydantic emits JSON Schema (draft 2020-12); a CRD wants a structural OpenAPI v3.0 subset. This
-module inlines references, maps the few constructs that differ, and adds the cross-field rules as
-CEL ``x-kubernetes-validations``.
+module inlines references, maps the few constructs that differ, and adds the rules as CEL
+``x-kubernetes-validations``. The same schema is what `kinfer validate` checks (admission.py), so
+the generator emits only the keywords admission.SUPPORTED lists.
 """
 
 from __future__ import annotations
 
-import re
+import functools
 from typing import Any
 
 import yaml
 from pydantic import BaseModel
 
 from kinfer.api import v1alpha1 as api
-from kinfer.api.rules import ApiModel, Rule
+from kinfer.api.admission import SUPPORTED
+from kinfer.api.rules import ApiModel, Rule, bound
+from kinfer.api.v1alpha1 import NAME_RULES
 
-# Root-level rules: the API server lets CEL on the root see metadata.name.
-NAME_RULES = (
-    Rule(
-        cel=f"size(self.metadata.name) <= {api.MAX_NAME_LENGTH}",
-        message=f"metadata.name: must be at most {api.MAX_NAME_LENGTH} characters "
-        "(it names Deployments, Services and pods)",
-        holds=lambda name: len(name) <= api.MAX_NAME_LENGTH,
-    ),
-    Rule(
-        cel=f"self.metadata.name.matches('{api.NAME_PATTERN}')",
-        message="metadata.name: must be a DNS-1035 label: lower-case letters, digits and '-', "
-        "starting with a letter",
-        holds=lambda name: re.fullmatch(api.NAME_PATTERN, name) is not None,
-    ),
-)
+__all__ = ["NAME_RULES", "crd", "crd_yaml", "schema_of", "unsupported_keywords"]
 
 PRINTER_COLUMNS = [
     {
@@ -86,8 +75,7 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         if len(options) != 1:
             raise ValueError(f"unsupported union in API model: {options}")
         inner = options[0]
-        if "$ref" in inner:
-            rules = _rules_of(inner["$ref"])
+        # The inner node brings its own rules (those of the model it refers to).
         node = {**_structural(inner, defs), **{k: v for k, v in node.items() if k != "default"}}
         if node.get("default") is None:
             node.pop("default", None)
@@ -95,6 +83,7 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         if isinstance(node.get(key), int | float):
             node["minimum" if key == "exclusiveMinimum" else "maximum"] = node[key]
             node[key] = True
+    field_rules = _fractional_bounds(node)
     if "const" in node:
         node["enum"] = [node.pop("const")]
     out = {k: _structural(v, defs) for k, v in node.items() if k not in _DROP and k != "required"}
@@ -109,9 +98,44 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     if out.get("additionalProperties") is True or "properties" in out:
         # Structural schemas allow neither; preserve-unknown-fields says "anything" instead.
         out.pop("additionalProperties", None)
-    if rules:
-        out["x-kubernetes-validations"] = [r.as_crd() for r in rules]
+    if rules or field_rules:
+        out["x-kubernetes-validations"] = [
+            *out.get("x-kubernetes-validations", []),
+            *(r.as_crd() for r in (*field_rules, *rules)),
+        ]
     return out
+
+
+def _fractional_bounds(node: dict[str, Any]) -> list[Rule]:
+    """Move bounds with a fraction from OpenAPI to CEL (in place).
+
+    kube-openapi compares an integer value with the bound cut to an integer, so `minimum: 0.01`
+    would admit 0; CEL compares exactly.
+    """
+    found = []
+    for key, exclusive_key, inclusive, exclusive in (
+        ("minimum", "exclusiveMinimum", ">=", ">"),
+        ("maximum", "exclusiveMaximum", "<=", "<"),
+    ):
+        limit = node.get(key)
+        if isinstance(limit, float) and not limit.is_integer():
+            is_exclusive = node.pop(exclusive_key, False) is True
+            del node[key]
+            found.append(bound(exclusive if is_exclusive else inclusive, limit))
+    return found
+
+
+def unsupported_keywords(node: Any, path: str = "") -> list[str]:
+    """Schema keywords admission.py does not implement, with where they are."""
+    if not isinstance(node, dict):
+        return []
+    found = [f"{path}: {k}" for k in node if k not in SUPPORTED]
+    for name, child in node.get("properties", {}).items():
+        found += unsupported_keywords(child, f"{path}.{name}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            found += unsupported_keywords(node[key], f"{path}.{key}")
+    return found
 
 
 def schema_of(model: type[BaseModel]) -> dict[str, Any]:
@@ -151,7 +175,8 @@ def _ordered(node: Any) -> Any:
     return out
 
 
-def crd() -> dict[str, Any]:
+@functools.cache
+def _crd() -> dict[str, Any]:
     spec_schema = schema_of(api.InferenceServiceSpec)
     # The operator writes every status field it uses; defaults there would only invent values.
     status_schema = _without_defaults(schema_of(api.InferenceServiceStatus))
@@ -163,11 +188,19 @@ def crd() -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string", "description": "kinfer.dev/v1alpha1"},
             "kind": {"type": "string", "description": "InferenceService"},
-            "metadata": {"type": "object"},
+            # The API server checks the rest of metadata itself (meta.py says how).
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": {
+                        "type": "string",
+                        "x-kubernetes-validations": [r.as_crd() for r in NAME_RULES],
+                    }
+                },
+            },
             "spec": spec_schema,
             "status": status_schema,
         },
-        "x-kubernetes-validations": [r.as_crd() for r in NAME_RULES],
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -199,6 +232,19 @@ def crd() -> dict[str, Any]:
             ],
         },
     }
+
+
+def crd() -> dict[str, Any]:
+    """The CRD (a fresh copy: callers may change it)."""
+    import copy
+
+    return copy.deepcopy(_crd())
+
+
+def root_schema() -> dict[str, Any]:
+    """The openAPIV3Schema, shared and read-only (admission.py reads it on every check)."""
+    schema: dict[str, Any] = _crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema
 
 
 def crd_yaml() -> str:

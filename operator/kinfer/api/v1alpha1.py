@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import Field, WithJsonSchema
 
-from kinfer.api.rules import ApiModel, Rule
+from kinfer.api import formats
+from kinfer.api.rules import ApiModel, Rule, validations
 
 GROUP = "kinfer.dev"
 VERSION = "v1alpha1"
@@ -25,18 +26,44 @@ SHORT_NAMES = ("kisvc",)
 # Names become Deployment, Service and pod names; "-canary" and the pod-template hash must still fit
 # in a 63-character DNS label, hence the shorter bound.
 MAX_NAME_LENGTH = 45
-NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
-QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
-LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"  # noqa: E501
-MODEL_URI_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^/]+)*/?|file:///.+)$"
-HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$"
+# pvc://CLAIM[/PATH]: CLAIM is a PersistentVolumeClaim name (a DNS subdomain); file:///PATH.
+MODEL_URI = rf"pvc://{formats.DNS_SUBDOMAIN}(/[^/]+)*/?|file:///.+"
+MODEL_URI_MAX = 4096
+_MODEL_URI = re.compile(MODEL_URI)
 
 
-def _check_uri(uri: str) -> str:
-    if not re.fullmatch(MODEL_URI_PATTERN, uri):
-        raise ValueError("must be pvc://CLAIM/PATH or file:///PATH")
-    return uri
+def _claim_length(uri: str) -> int:
+    return len(uri.removeprefix("pvc://").split("/", 1)[0])
+
+
+MODEL_URI_RULES = (
+    Rule(
+        cel=formats.matches("self", MODEL_URI),
+        message="must be pvc://CLAIM/PATH (CLAIM a PersistentVolumeClaim name) or file:///PATH",
+        holds=lambda uri: _MODEL_URI.fullmatch(uri) is not None,
+    ),
+    Rule(
+        cel="!self.startsWith('pvc://') || "
+        "(self.indexOf('/', 6) == -1 ? size(self) : self.indexOf('/', 6)) - 6 <= 253",
+        message="the claim name in pvc://CLAIM/PATH must be at most 253 characters",
+        holds=lambda uri: not uri.startswith("pvc://") or _claim_length(uri) <= 253,
+    ),
+)
+
+# Kubernetes resource quantities: "500m", "2", "1.5", "8Gi", "1e3", or a bare integer (kubectl
+# sends `cpu: 2` as a number). A fraction written unquoted (`cpu: 0.5`) is a JSON number the
+# schema cannot take; quote it or write 500m.
+Quantity = Annotated[
+    int | str,
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "maxLength": formats.QUANTITY_MAX,
+            **validations(formats.QUANTITY_RULE),
+        }
+    ),
+]
 
 
 class Model(ApiModel):
@@ -44,8 +71,11 @@ class Model(ApiModel):
 
     uri: Annotated[
         str,
-        AfterValidator(_check_uri),
-        Field(min_length=1, json_schema_extra={"pattern": MODEL_URI_PATTERN}),
+        Field(
+            min_length=1,
+            max_length=MODEL_URI_MAX,
+            json_schema_extra=validations(*MODEL_URI_RULES),
+        ),
     ]
     """Location of the model. pvc://CLAIM/PATH mounts the PersistentVolumeClaim CLAIM read-only and
     loads PATH inside it; file:///PATH loads a path that exists in the runtime image or on the node
@@ -63,7 +93,7 @@ class Batching(ApiModel):
         Rule(
             cel="self.maxQueue >= self.maxBatchSize",
             message="maxQueue must be at least maxBatchSize, or a full batch could never queue",
-            holds=lambda b: b.max_queue >= b.max_batch_size,
+            holds=lambda b: b["maxQueue"] >= b["maxBatchSize"],
             field="maxQueue",
         ),
     )
@@ -88,7 +118,9 @@ class Runtime(ApiModel):
     """Server implementation: kinfer (kinfer-runtime) or triton (NVIDIA Triton; same Open Inference
     Protocol v2). Default kinfer."""
 
-    image: str = ""
+    image: Annotated[
+        str, Field(max_length=1024, json_schema_extra=validations(formats.NO_SURROUNDING_SPACE_RULE))
+    ] = ""
     """Container image of the server. Empty means the operator's configured default for the
     chosen server."""
 
@@ -103,7 +135,7 @@ class Resources(ApiModel):
         Rule(
             cel="self.gpuProduct == '' || self.gpu >= 1",
             message="gpuProduct needs gpu >= 1",
-            holds=lambda r: r.gpu_product == "" or r.gpu >= 1,
+            holds=lambda r: r["gpuProduct"] == "" or r["gpu"] >= 1,
             field="gpuProduct",
         ),
     )
@@ -111,53 +143,121 @@ class Resources(ApiModel):
     gpu: Annotated[int, Field(ge=0, le=16)] = 0
     """Whole GPUs (nvidia.com/gpu) per pod. Range 0-16, default 0 (CPU only)."""
 
-    gpu_product: Annotated[str, Field(max_length=128, pattern=r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?$")] = ""
+    gpu_product: Annotated[
+        str,
+        Field(
+            max_length=formats.LABEL_VALUE_MAX,
+            json_schema_extra=validations(formats.LABEL_VALUE_RULE),
+        ),
+    ] = ""
     """GPU model to schedule on, matched against the node label nvidia.com/gpu.product
-    (e.g. NVIDIA-L4). Empty means any GPU. Needs gpu >= 1."""
+    (e.g. NVIDIA-L4): a label value, at most 63 characters. Empty means any GPU. Needs gpu >= 1."""
 
-    cpu: Annotated[str, Field(pattern=QUANTITY_PATTERN)] = "1"
-    """CPU request per pod, as a Kubernetes quantity (e.g. 500m, 2). Default 1."""
+    cpu: Quantity = "1"
+    """CPU request per pod, as a non-negative Kubernetes quantity (e.g. 500m, 2, "1.5").
+    Default 1."""
 
-    memory: Annotated[str, Field(pattern=QUANTITY_PATTERN)] = "2Gi"
-    """Memory request and limit per pod, as a Kubernetes quantity (e.g. 8Gi). Default 2Gi."""
+    memory: Quantity = "2Gi"
+    """Memory request and limit per pod, as a non-negative Kubernetes quantity (e.g. 8Gi, 512Mi,
+    1e9). Default 2Gi."""
 
 
 class Toleration(ApiModel):
-    """A toleration added to the model-server pods (same meaning as in a Pod spec)."""
+    """A toleration added to the model-server pods (same meaning, and the same rules, as in a Pod
+    spec)."""
 
-    key: str = ""
-    """Taint key to tolerate. Empty with operator Exists tolerates every taint."""
+    rules = (
+        Rule(
+            cel="self.key != '' || self.operator == 'Exists'",
+            message='operator must be Exists when `key` is empty, which means "match all values '
+            'and all keys"',
+            holds=lambda t: t["key"] != "" or t["operator"] == "Exists",
+            field="operator",
+        ),
+        Rule(
+            cel="self.operator != 'Exists' || self.value == ''",
+            message="value must be empty when `operator` is 'Exists'",
+            holds=lambda t: t["operator"] != "Exists" or t["value"] == "",
+            field="value",
+        ),
+        Rule(
+            cel="!has(self.tolerationSeconds) || self.effect == 'NoExecute'",
+            message="effect must be 'NoExecute' when `tolerationSeconds` is set",
+            holds=lambda t: "tolerationSeconds" not in t or t["effect"] == "NoExecute",
+            field="effect",
+        ),
+    )
+
+    key: Annotated[
+        str,
+        Field(
+            max_length=formats.LABEL_KEY_MAX,
+            json_schema_extra=validations(formats.OPTIONAL_LABEL_KEY_RULE),
+        ),
+    ] = ""
+    """Taint key to tolerate, a label key (e.g. nvidia.com/gpu). Empty, with operator Exists,
+    tolerates every taint."""
 
     operator: Literal["Exists", "Equal"] = "Equal"
     """Exists or Equal. Default Equal."""
 
-    value: str = ""
-    """Taint value to match when operator is Equal."""
+    value: Annotated[
+        str,
+        Field(
+            max_length=formats.LABEL_VALUE_MAX,
+            json_schema_extra=validations(formats.LABEL_VALUE_RULE),
+        ),
+    ] = ""
+    """Taint value to match when operator is Equal, a label value; empty when operator is
+    Exists."""
 
     effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
     """Taint effect to match; empty matches all effects."""
 
     toleration_seconds: Annotated[int, Field(ge=0)] | None = None
-    """For NoExecute: seconds the pod stays bound after the taint appears. Unset means forever."""
+    """Only with effect NoExecute: seconds the pod stays bound after the taint appears. Unset
+    means forever."""
 
 
 class Scheduling(ApiModel):
     """Where model-server pods may run, in addition to what resources.gpu and gpuProduct imply."""
 
-    node_selector: dict[str, str] = {}
-    """Extra node labels the pods require. Merged with the GPU product selector."""
+    node_selector: Annotated[
+        dict[
+            str,
+            Annotated[
+                str,
+                Field(
+                    max_length=formats.LABEL_VALUE_MAX,
+                    json_schema_extra=validations(formats.LABEL_VALUE_RULE),
+                ),
+            ],
+        ],
+        Field(
+            max_length=formats.NODE_SELECTOR_MAX,
+            json_schema_extra=validations(formats.LABEL_KEYS_RULE),
+        ),
+    ] = {}
+    """Extra node labels the pods require: label keys to label values, at most 64. Merged with
+    the GPU product selector."""
 
-    tolerations: list[Toleration] = []
-    """Extra tolerations. A toleration for nvidia.com/gpu:NoSchedule is always added when
-    resources.gpu >= 1."""
+    tolerations: Annotated[list[Toleration], Field(max_length=64)] = []
+    """Extra tolerations, at most 64. A toleration for nvidia.com/gpu:NoSchedule is always added
+    when resources.gpu >= 1."""
 
     affinity: Annotated[
         dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
     ] = {}
     """Pod affinity rules, passed through to the pod spec unchanged."""
 
-    priority_class_name: str = ""
-    """PriorityClass of the pods. Empty means the cluster default."""
+    priority_class_name: Annotated[
+        str,
+        Field(
+            max_length=formats.DNS_SUBDOMAIN_MAX,
+            json_schema_extra=validations(formats.OPTIONAL_DNS_SUBDOMAIN_RULE),
+        ),
+    ] = ""
+    """PriorityClass of the pods, a DNS subdomain. Empty means the cluster default."""
 
 
 class Targets(ApiModel):
@@ -189,19 +289,19 @@ class Scaling(ApiModel):
         Rule(
             cel="self.minReplicas <= self.maxReplicas",
             message="minReplicas must be less than or equal to maxReplicas",
-            holds=lambda s: s.min_replicas <= s.max_replicas,
+            holds=lambda s: s["minReplicas"] <= s["maxReplicas"],
             field="minReplicas",
         ),
         Rule(
             cel="self.minReplicas >= 1 || self.scaleToZero.enabled",
             message="minReplicas 0 needs scaleToZero.enabled",
-            holds=lambda s: s.min_replicas >= 1 or s.scale_to_zero.enabled,
+            holds=lambda s: s["minReplicas"] >= 1 or s["scaleToZero"]["enabled"],
             field="minReplicas",
         ),
         Rule(
             cel="!self.scaleToZero.enabled || self.mode == 'metrics'",
             message="scaleToZero needs mode metrics",
-            holds=lambda s: not s.scale_to_zero.enabled or s.mode == "metrics",
+            holds=lambda s: not s["scaleToZero"]["enabled"] or s["mode"] == "metrics",
             field="scaleToZero.enabled",
         ),
     )
@@ -243,7 +343,7 @@ class DriftCheck(ApiModel):
         Rule(
             cel="has(self.maxAbsDiff) || has(self.minArgmaxAgreement)",
             message="set maxAbsDiff, minArgmaxAgreement or both",
-            holds=lambda d: d.max_abs_diff is not None or d.min_argmax_agreement is not None,
+            holds=lambda d: "maxAbsDiff" in d or "minArgmaxAgreement" in d,
         ),
     )
 
@@ -284,16 +384,18 @@ class Canary(ApiModel):
     """A new model rolled out in weighted steps. Present means a canary is running."""
 
     rules = (
+        # With the list a set (a repeat is refused as a Duplicate), sorted means strictly increasing.
         Rule(
             cel="self.steps.isSorted()",
             message="steps must be strictly increasing",
-            holds=lambda c: all(a < b for a, b in zip(c.steps, c.steps[1:], strict=False)),
+            holds=lambda c: all(a <= b for a, b in zip(c["steps"], c["steps"][1:], strict=False)),
             field="steps",
         ),
+        # An empty list is refused by minItems; the rule must not fail on it as well.
         Rule(
-            cel="self.steps[size(self.steps) - 1] == 100",
+            cel="size(self.steps) == 0 || self.steps[size(self.steps) - 1] == 100",
             message="steps must end at 100",
-            holds=lambda c: c.steps[-1] == 100,
+            holds=lambda c: not c["steps"] or c["steps"][-1] == 100,
             field="steps",
         ),
     )
@@ -318,7 +420,10 @@ class Canary(ApiModel):
 class AbTest(ApiModel):
     """Route by request header instead of by weight: matching requests go to the canary model."""
 
-    header: Annotated[str, Field(min_length=1, max_length=256, pattern=HEADER_NAME_PATTERN)]
+    header: Annotated[
+        str,
+        Field(min_length=1, max_length=256, json_schema_extra=validations(formats.HEADER_NAME_RULE)),
+    ]
     """HTTP header that selects the variant, e.g. x-model-variant. Required."""
 
     value: Annotated[str, Field(min_length=1, max_length=4096)] = "canary"
@@ -332,7 +437,7 @@ class Rollout(ApiModel):
         Rule(
             cel="!has(self.abTest) || has(self.canary)",
             message="abTest needs canary: the canary model is variant B",
-            holds=lambda r: r.ab_test is None or r.canary is not None,
+            holds=lambda r: "abTest" not in r or "canary" in r,
             field="abTest",
         ),
     )
@@ -352,9 +457,9 @@ class InferenceServiceSpec(ApiModel):
             cel="!has(self.rollout.canary) || !has(self.rollout.canary.analysis.drift) "
             "|| self.runtime.server == 'kinfer'",
             message="the drift check needs runtime.server kinfer: Triton does not shadow requests",
-            holds=lambda s: s.rollout.canary is None
-            or s.rollout.canary.analysis.drift is None
-            or s.runtime.server == "kinfer",
+            holds=lambda s: "canary" not in s["rollout"]
+            or "drift" not in s["rollout"]["canary"]["analysis"]
+            or s["runtime"]["server"] == "kinfer",
             field="runtime.server",
         ),
     )
@@ -483,6 +588,35 @@ class InferenceServiceStatus(ApiModel):
     """In-cluster URL of the Service."""
 
 
-def validate_spec(spec: dict[str, Any]) -> InferenceServiceSpec:
-    """Parse a spec as received from the API server or a file; raises pydantic.ValidationError."""
-    return InferenceServiceSpec.model_validate(spec)
+# metadata.name as the CRD checks it (the API server adds its own DNS-subdomain check).
+NAME_RULES = (
+    Rule(
+        cel=f"size(self) <= {MAX_NAME_LENGTH}",
+        message=f"must be at most {MAX_NAME_LENGTH} characters (it names Deployments, Services "
+        "and pods)",
+        holds=lambda name: len(name) <= MAX_NAME_LENGTH,
+    ),
+    Rule(
+        cel=formats.matches("self", formats.DNS_1035_LABEL),
+        message="must be a DNS-1035 label: lower-case letters, digits and '-', starting with a "
+        "letter and ending with a letter or digit",
+        holds=lambda name: _DNS_1035.fullmatch(name) is not None,
+    ),
+)
+_DNS_1035 = re.compile(formats.DNS_1035_LABEL)
+
+
+class InvalidSpec(ValueError):
+    """A spec the API server would refuse; `problems` name each field and reason."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def validate_spec(spec: Any) -> InferenceServiceSpec:
+    """Check a spec the way the API server does (the generated CRD: schema, defaults and rules),
+    then parse it. Raises InvalidSpec naming every problem."""
+    from kinfer.api.validation import admitted_spec  # validation reads the CRD made from here
+
+    return InferenceServiceSpec.model_validate(admitted_spec(spec))

@@ -1,59 +1,97 @@
-"""Check a whole InferenceService document and report every problem with its field path."""
+"""Check a whole InferenceService document the way `kubectl apply -f` and the API server do.
+
+One validator: the generated CRD (schema, defaults and CEL rules, through their Python twins) and
+Kubernetes' own metadata rules, applied in the API server's order. `kinfer validate`, the operator
+and `validate_spec` all come here, so they refuse exactly what the API server refuses, naming the
+same field with the same words (e2e/test_validation_parity.py compares them on the test bed).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
-
+from kinfer.api import admission, meta
 from kinfer.api import v1alpha1 as api
-from kinfer.api.crd import NAME_RULES
+from kinfer.api.admission import INVALID, Problem
+from kinfer.api.crd import root_schema
+
+NOT_FOUND = "NotFound"  # kubectl finds no such kind (apiVersion or kind is wrong)
 
 
-def _path(loc: tuple[int | str, ...], field: str = "") -> str:
-    parts = ["spec"]
-    for item in loc:
-        if isinstance(item, int):
-            parts[-1] += f"[{item}]"
-        else:
-            parts.append(item)
-    if field:
-        parts.append(field)
-    return ".".join(parts)
+def _type_problems(doc: dict[str, Any]) -> list[Problem]:
+    """What kubectl itself refuses: no apiVersion or kind, or a kind the cluster does not serve."""
+    version, kind = doc.get("apiVersion"), doc.get("kind")
+    missing = [
+        Problem(key, admission.REQUIRED, f"{key} not set")
+        for key, value in (("apiVersion", version), ("kind", kind))
+        if not value
+    ]
+    if missing:
+        return missing
+    if version == api.API_VERSION and kind == api.KIND:
+        return []
+    field = "kind" if version == api.API_VERSION else "apiVersion"
+    return [Problem(field, NOT_FOUND, f'no matches for kind "{kind}" in version "{version}"')]
 
 
-def _describe(error: Any) -> str:
-    """pydantic's message, with the bad value where it helps and it is short."""
-    msg = str(error["msg"]).removeprefix("Value error, ")
-    value = error.get("input")
-    if error["type"] not in {"rule", "missing", "extra_forbidden"} and isinstance(
-        value, int | float | str | bool
-    ):
-        msg += f" (got {value!r})"
-    return msg
+def check(doc: Any) -> list[Problem]:
+    """Every problem with one parsed document (see wire.load_all); empty means the API server
+    would store it."""
+    if not isinstance(doc, dict):
+        return [Problem("", INVALID, "an InferenceService must be a mapping")]
+    found = _type_problems(doc)
+    if found:
+        return found
+    metadata = doc.get("metadata")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        return [Problem("metadata", meta.DECODE, "metadata must be a mapping")]
+    decode = meta.decode_problem(metadata)
+    if decode is not None:
+        return [decode]
+    schema = root_schema()
+    content = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata", "status")}
+    body_schema = {**schema, "properties": {k: v for k, v in schema["properties"].items() if k in ("spec",)}}
+    unknown = meta.unknown_fields(metadata) + [
+        Problem(p, admission.UNKNOWN, f'unknown field "{p}"')
+        for p in admission.unknown_fields(body_schema, content, "")
+    ]
+    if unknown:
+        return unknown
+    defaulted, found = admission.admit(body_schema, content, "")
+    found = meta.validate(metadata) + found
+    if any(p.reason in admission.BLOCKING for p in found):
+        return [*found, admission.RULES_NOT_CHECKED]
+    name = meta.effective_name(metadata)
+    name_schema = schema["properties"]["metadata"]["properties"]["name"]
+    return (
+        found
+        + admission.run_rules(name_schema, name, "metadata.name")
+        + admission.run_rules(body_schema, defaulted, "")
+    )
 
 
 def problems(doc: Any) -> list[str]:
-    """Every problem with one parsed YAML document, as 'field.path: reason'. Empty means valid."""
-    if not isinstance(doc, dict):
-        return ["document: an InferenceService must be a mapping"]
-    found: list[str] = []
-    if doc.get("apiVersion") != api.API_VERSION:
-        found.append(f"apiVersion: must be {api.API_VERSION} (got {doc.get('apiVersion')!r})")
-    if doc.get("kind") != api.KIND:
-        found.append(f"kind: must be {api.KIND} (got {doc.get('kind')!r})")
-    name = (doc.get("metadata") or {}).get("name")
-    if not isinstance(name, str) or not name:
-        found.append("metadata.name: required")
-    else:
-        found += [f"{r.message} (got {name!r})" for r in NAME_RULES if not r.holds(name)]
-    spec = doc.get("spec")
-    if not isinstance(spec, dict):
-        return [*found, "spec: required, and must be a mapping"]
-    try:
-        api.validate_spec(spec)
-    except ValidationError as exc:
-        for error in exc.errors():
-            field = (error.get("ctx") or {}).get("field", "")
-            found.append(f"{_path(error['loc'], field)}: {_describe(error)}")
-    return found
+    """Every problem with one parsed document, as 'field.path: reason'. Empty means valid."""
+    return [str(p) for p in check(doc)]
+
+
+def spec_problems(spec: Any) -> tuple[Any, list[Problem]]:
+    """A spec alone, as the API server admits it: the defaulted spec and its problems."""
+    schema = root_schema()["properties"]["spec"]
+    unknown = admission.unknown_fields(schema, spec, "spec")
+    if unknown:
+        return spec, [Problem(p, admission.UNKNOWN, f'unknown field "{p}"') for p in unknown]
+    if spec is None:
+        return spec, [Problem("spec", admission.REQUIRED, "Required value")]
+    defaulted, found = admission.admit(schema, spec, "spec")
+    return defaulted, admission.with_rules(schema, defaulted, "spec", found)
+
+
+def admitted_spec(spec: Any) -> Any:
+    """The defaulted spec, or InvalidSpec naming every problem."""
+    defaulted, found = spec_problems(spec)
+    if found:
+        raise api.InvalidSpec([str(p) for p in found])
+    return defaulted

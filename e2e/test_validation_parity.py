@@ -1,0 +1,213 @@
+"""`kinfer validate` and the real API server refuse the same documents, naming the same field with
+the same words (issue 16, "one validator").
+
+Every file under tests/data/invalid and tests/data/valid, and every example, goes to both:
+- `kinfer validate -o json -f FILE` (the CLI, in process);
+- kubectl, as a user would send it: `kubectl create --dry-run=client -o json -f FILE` reads the
+  YAML with kubectl's own parser (the YAML 1.1 scalars, JSON keys and numbers kinfer must match),
+  then the object is created with dryRun=All and fieldValidation=Strict (what `kubectl apply`
+  sends), and the API server's Status causes are read: field, reason, message.
+
+Where the API server's words wrap ours, the comparison unwraps them, and only there:
+- kube-openapi repeats the path inside its message ("spec.x in body should be ..."); kinfer's line
+  already starts with the path, so "PATH in body " is removed before comparing;
+- a number where an integer belongs gets a second, field-less cause ('Checked value must be of type
+  integer (default format) in PATH') that repeats the type error on PATH; it is not compared;
+- a rule on metadata.name at the root would have no field (the API server forbids that fieldPath),
+  so those rules sit on the metadata.name schema node and the server names the field itself;
+- unknown fields are refused before validation with one message listing them
+  ('strict decoding error: unknown field "spec.foo", ...'); each listed field is a cause;
+- kubectl refuses some documents before sending them (a field of metadata of the wrong type, a
+  missing apiVersion or kind, a kind the cluster does not serve): kinfer's message must appear in
+  kubectl's error, which names the field (ObjectMeta.metadata.labels) or the kind and version;
+- a document in a namespace whose name is invalid cannot be created (kubectl answers "namespaces
+  ... not found"): the API server's refusal of that Namespace is compared with kinfer's
+  metadata.namespace problems, and the document is also sent to a valid namespace so that the rest
+  of it is compared too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from kinfer.cli import main as kinfer_cli
+from kinfer.testbed.kube import KubeError
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+CRD = ROOT / "crds" / "kinfer.dev_inferenceservices.yaml"
+INVALID = sorted((ROOT / "tests" / "data" / "invalid").glob("*.yaml"))
+VALID = sorted((ROOT / "tests" / "data" / "valid").glob("*.yaml")) + sorted((ROOT / "examples").glob("*.yaml"))
+RESOURCE = "/apis/kinfer.dev/v1alpha1/namespaces/{ns}/inferenceservices?dryRun=All&fieldValidation=Strict"
+SUBSTITUTE_NAMESPACE = "default"
+NOT_COMPARED = re.compile(r'Invalid value: "": Checked value must be of type integer \(default format\) in ')
+
+
+@dataclass(frozen=True)
+class Refusal:
+    field: str
+    reason: str
+    message: str
+
+    def key(self) -> tuple[str, str]:
+        return (self.field, self.message)
+
+
+@dataclass
+class Verdict:
+    refusals: list[Refusal]
+    kubectl_error: str = ""  # kubectl refused before sending: its error text
+
+
+class Bed:
+    """The test bed with the committed CRD installed, and namespaces made on demand."""
+
+    def __init__(self, testbed: Any) -> None:
+        self.testbed = testbed
+        self.kube = testbed.kube()
+        self.made: set[str] = set()
+
+    def namespace_refusals(self, name: str) -> list[Refusal]:
+        """Create the namespace (once); the API server's refusals if it cannot exist."""
+        if name in self.made:
+            return []
+        try:
+            self.kube.create("/api/v1/namespaces", {"metadata": {"name": name}})
+            self.made.add(name)
+        except KubeError as e:
+            if e.status == 409:
+                return []
+            return [
+                Refusal("metadata.namespace" if c.field == "metadata.name" else c.field, c.reason, c.message)
+                for c in _causes(e)
+            ]
+        return []
+
+    def create(self, obj: dict[str, Any]) -> list[Refusal]:
+        namespace = obj["metadata"].get("namespace") or SUBSTITUTE_NAMESPACE
+        try:
+            self.kube.create(RESOURCE.format(ns=namespace), obj)
+        except KubeError as e:
+            return _causes(e)
+        return []
+
+
+def _causes(error: KubeError) -> list[Refusal]:
+    body = json.loads(error.body)
+    message = body.get("message", "")
+    if "strict decoding error" in message:
+        return [Refusal(f, "FieldValueUnknown", f'unknown field "{f}"') for f in re.findall(r'unknown field "([^"]+)"', message)]
+    causes = (body.get("details") or {}).get("causes") or []
+    if not causes:
+        return [Refusal("", body.get("reason", str(error.status)), message)]
+    found = []
+    for cause in causes:
+        field = cause.get("field", "")
+        text = cause.get("message", "")
+        if NOT_COMPARED.match(text):
+            continue
+        if field == "<nil>":
+            field = ""
+        found.append(Refusal(field, cause.get("reason", ""), text.replace(f"{field} in body ", "")))
+    return found
+
+
+def api_server(bed: Bed, path: Path) -> list[Verdict]:
+    """What the API server (through kubectl's reading of the file) says of each document."""
+    proc = bed.testbed.kubectl(
+        "create", "--dry-run=client", "--validate=false", "-o", "json", "-f", str(path), check=False
+    )
+    if proc.returncode != 0:
+        return [Verdict([], kubectl_error=proc.stderr.strip())]
+    out = json.loads(proc.stdout)
+    verdicts = []
+    for obj in out["items"] if out.get("kind") == "List" else [out]:
+        namespace = obj["metadata"].get("namespace")
+        refusals = bed.namespace_refusals(namespace) if namespace else []
+        if refusals:
+            obj = {**obj, "metadata": {**obj["metadata"], "namespace": SUBSTITUTE_NAMESPACE}}
+        verdicts.append(Verdict(refusals + bed.create(obj)))
+    return verdicts
+
+
+def kinfer_validate(path: Path) -> list[list[Refusal]] | str:
+    """`kinfer validate -o json -f FILE`: the problems of each document, or the CLI's error."""
+    result = CliRunner().invoke(kinfer_cli, ["validate", "-o", "json", "-f", str(path)])
+    if result.exit_code not in (0, 1) or not result.output.startswith("["):
+        return result.output.strip()
+    return [
+        [Refusal(p["field"], p["reason"], p["message"]) for p in doc["problems"]]
+        for doc in json.loads(result.output)
+    ]
+
+
+def compare(path: Path, bed: Bed) -> str:
+    """'' when both agree on the file; else what differs."""
+    ours = kinfer_validate(path)
+    theirs = api_server(bed, path)
+    if isinstance(ours, str):
+        # kinfer refused the file as a whole (YAML that cannot become JSON): so must kubectl.
+        error = theirs[0].kubectl_error if len(theirs) == 1 else ""
+        core = ours.removeprefix("Error: ").split(": ", 1)[-1]
+        return "" if error and core in error else f"kinfer: {ours!r}\nkubectl: {error!r}"
+    if len(ours) != len(theirs) and not theirs[0].kubectl_error:
+        return f"{len(ours)} documents for kinfer, {len(theirs)} for kubectl"
+    if theirs[0].kubectl_error:
+        error = theirs[0].kubectl_error
+        flat = [p for doc in ours for p in doc]
+        missing = [str(p) for p in flat if p.message not in error]
+        if not flat or missing:
+            return f"kubectl refused before sending:\n  {error}\nkinfer said: {flat}"
+        return ""
+    differences = []
+    for index, (mine, verdict) in enumerate(zip(ours, theirs, strict=True)):
+        a, b = Counter(r.key() for r in mine), Counter(r.key() for r in verdict.refusals)
+        if a != b:
+            differences.append(
+                f"document {index}:\n  only kinfer: {sorted((a - b).elements())}"
+                f"\n  only the API server: {sorted((b - a).elements())}"
+            )
+    return "\n".join(differences)
+
+
+@pytest.fixture(scope="module")
+def bed(testbed: Any) -> Iterator[Bed]:
+    testbed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    testbed.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/inferenceservices.kinfer.dev")
+    state = Bed(testbed)
+    yield state
+    for name in state.made:
+        testbed.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
+def test_invalid_documents_are_refused_by_both_naming_the_same_fields(bed: Bed, path: Path) -> None:
+    ours = kinfer_validate(path)
+    assert ours and (isinstance(ours, str) or all(ours)), f"kinfer validate accepted {path.name}"
+    verdicts = api_server(bed, path)
+    assert all(v.refusals or v.kubectl_error for v in verdicts), f"the API server accepted {path.name}"
+    if not isinstance(ours, str):
+        assert all(any(p.field for p in doc) for doc in ours), f"no field named: {ours}"
+    assert compare(path, bed) == ""
+
+
+@pytest.mark.parametrize("path", VALID, ids=lambda p: p.stem)
+def test_valid_documents_are_accepted_by_both(bed: Bed, path: Path) -> None:
+    assert kinfer_validate(path) == [[] for _ in api_server(bed, path)], path.name
+    verdicts = api_server(bed, path)
+    assert all(not v.refusals and not v.kubectl_error for v in verdicts), [v for v in verdicts]
+
+
+def test_every_corpus_file_is_compared() -> None:
+    # Guards against an empty glob making the parity tests vacuous.
+    assert len(INVALID) >= 100 and len(VALID) >= 20, (len(INVALID), len(VALID))
