@@ -164,23 +164,45 @@ def _type_ok(expected: list[str], value: Any) -> bool:
 # --- strict decoding -----------------------------------------------------------------------
 
 
-def unknown_fields(schema: Schema, value: Any, path: str) -> list[str]:
-    """Paths of fields the schema does not declare (what fieldValidation=Strict refuses)."""
-    if schema.get("x-kubernetes-preserve-unknown-fields"):
-        return []
+def unknown_fields(schema: Schema | None, value: Any, path: str) -> list[str]:
+    """Paths of fields the schema does not declare (what fieldValidation=Strict refuses).
+
+    As apiextensions' pruning walks them: by the shape of the value, not the declared type, so
+    an object where a list belongs has every key unknown.
+    """
+    if schema is not None and schema.get("x-kubernetes-preserve-unknown-fields"):
+        return _unknown_below_preserved(schema, value, path)
     found: list[str] = []
-    if isinstance(value, dict) and "properties" in schema:
+    if isinstance(value, dict):
+        props = (schema or {}).get("properties", {})
+        extra = (schema or {}).get("additionalProperties")
         for key, child in value.items():
-            if key in schema["properties"]:
-                found += unknown_fields(schema["properties"][key], child, _child(path, key))
+            if key in props:
+                found += unknown_fields(props[key], child, _child(path, key))
+            elif isinstance(extra, dict):
+                found += unknown_fields(extra, child, _child(path, key))
             else:
                 found.append(_child(path, key))
-    elif isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
-        for key, child in value.items():
-            found += unknown_fields(schema["additionalProperties"], child, _child(path, key))
-    elif isinstance(value, list) and "items" in schema:
+    elif isinstance(value, list):
+        items = (schema or {}).get("items")
         for index, item in enumerate(value):
-            found += unknown_fields(schema["items"], item, f"{path}[{index}]")
+            found += unknown_fields(items, item, f"{path}[{index}]")
+    return found
+
+
+def _unknown_below_preserved(schema: Schema, value: Any, path: str) -> list[str]:
+    found: list[str] = []
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        for key, child in value.items():
+            if key in props:
+                found += unknown_fields(props[key], child, _child(path, key))
+            elif isinstance(schema.get("additionalProperties"), dict):
+                found += unknown_fields(schema["additionalProperties"], child, _child(path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if "items" in schema:
+                found += _unknown_below_preserved(schema["items"], item, f"{path}[{index}]")
     return found
 
 

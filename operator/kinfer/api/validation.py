@@ -12,7 +12,7 @@ from typing import Any
 
 from kinfer.api import admission, meta
 from kinfer.api import v1alpha1 as api
-from kinfer.api.admission import INVALID, Problem
+from kinfer.api.admission import INVALID, Problem, go_quote
 from kinfer.api.crd import root_schema
 
 NOT_FOUND = "NotFound"  # kubectl finds no such kind (apiVersion or kind is wrong)
@@ -30,6 +30,9 @@ def _type_problems(doc: dict[str, Any]) -> list[Problem]:
         return missing
     if version == api.API_VERSION and kind == api.KIND:
         return []
+    if version == api.API_VERSION and isinstance(kind, str) and kind.lower() == api.KIND.lower():
+        # kubectl finds the kind whatever its case; the API server then refuses it.
+        return [Problem("kind", INVALID, f'Invalid value: {go_quote(kind)}: must be {api.KIND}')]
     field = "kind" if version == api.API_VERSION else "apiVersion"
     return [Problem(field, NOT_FOUND, f'no matches for kind "{kind}" in version "{version}"')]
 
