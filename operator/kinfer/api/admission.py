@@ -89,7 +89,8 @@ def go_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
-        return str(value)
+        # Beyond int64 the API server decodes a float.
+        return str(value) if INT64[0] <= value <= INT64[1] else go_float_text(float(value))
     if isinstance(value, float):
         return go_float_text(value)
     if isinstance(value, str):
@@ -247,7 +248,7 @@ def _numeric(schema: Schema, value: Any, path: str) -> list[Problem]:
         return []
     found = []
     as_int = isinstance(value, int) and INT64[0] <= value <= INT64[1]
-    shown = go_value(float(value) if isinstance(value, int) and not as_int else value)
+    shown = go_value(value)
     for key, exclusive_key, below in (
         ("minimum", "exclusiveMinimum", True),
         ("maximum", "exclusiveMaximum", False),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kinfer.api import admission, meta
+from kinfer.api import admission, meta, wire
 from kinfer.api import v1alpha1 as api
 from kinfer.api.admission import INVALID, Problem, go_quote
 from kinfer.api.crd import root_schema
@@ -40,6 +40,12 @@ def _type_problems(doc: dict[str, Any]) -> list[Problem]:
 def check(doc: Any) -> list[Problem]:
     """Every problem with one parsed document (see wire.load_all); empty means the API server
     would store it."""
+    try:
+        # As kubectl sends it: a whole float is an integer on the wire (the API server would hand
+        # 2.0 in an integer field to CEL as a float, which no kubectl user can send).
+        doc = wire.as_sent(doc)
+    except wire.LoadError as exc:
+        return [Problem("", INVALID, str(exc))]
     if not isinstance(doc, dict):
         return [Problem("", INVALID, "an InferenceService must be a mapping")]
     found = _type_problems(doc)

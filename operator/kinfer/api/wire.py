@@ -136,15 +136,16 @@ def _key(value: Any) -> str:
     raise LoadError(f"error converting YAML to JSON: unsupported map key of type: {value!r}")
 
 
-def _jsonable(value: Any) -> Any:
+def as_sent(value: Any) -> Any:
     """What survives the trip to JSON: a whole float is sent as an integer, NaN/Inf not at all."""
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: as_sent(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_jsonable(v) for v in value]
+        return [as_sent(v) for v in value]
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
-            raise LoadError(f"error converting YAML to JSON: json: unsupported value: {value}")
+            shown = "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+            raise LoadError(f"error converting YAML to JSON: json: unsupported value: {shown}")
         if value.is_integer() and abs(value) < 1e21:
             return int(value)
     return value
@@ -183,4 +184,4 @@ def load_all(text: str) -> list[Any]:
 
     Raises yaml.YAMLError for YAML that does not parse, LoadError for YAML that cannot be JSON.
     """
-    return [_jsonable(doc) for doc in yaml.load_all(text, Loader=GoLoader) if doc is not None]
+    return [as_sent(doc) for doc in yaml.load_all(text, Loader=GoLoader) if doc is not None]
