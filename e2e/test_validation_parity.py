@@ -266,3 +266,125 @@ def test_generated_documents_are_judged_alike(bed: Bed) -> None:
     )
     assert refused_ours > GENERATED // 2  # the generator does break documents
     assert mismatches == [], "\n".join(mismatches[:10])
+
+
+# Plain scalars whose meaning differs between YAML 1.1 (kubectl) and 1.2 or PyYAML.
+SCALARS = [
+    "y", "Y", "n", "N", "yes", "No", "on", "OFF", "true", "False", "~", "null", "NULL", "",
+    "1", "-1", "+1", "0", "-0", "00", "010", "08", "09", "0o17", "0x1F", "-0x10", "0b101", "-0b11",
+    "1_000", "1e3", "1E3", "1e+3", "1e-3", "1.5e3", "1.", ".5", "-.5", "+.5e2", "1.0", "2.50",
+    "1e400", "9223372036854775807", "9223372036854775808", "18446744073709551616",
+    "99999999999999999999999", "12:30", "1:2:3", "2024-01-01", "2001-12-14t21:59:43.10-05:00",
+    "1-2", "0.1.2", "1e", "e3", ".", "+", "1,000", "1Gi", "500m", "0x", "._5", "1__0",
+]
+
+
+def test_yaml_reads_like_kubectl(testbed: Any) -> None:
+    """wire.load_all gives the JSON kubectl sends, for values and for keys."""
+    values = "\n".join(f"    v{i}: {s}" for i, s in enumerate(SCALARS))
+    # A null key, or one beyond int64 (a uint64 to go-yaml), cannot become JSON: both refuse it.
+    unusable = ("", "~", "null", "NULL", "9223372036854775808")
+    # Keys that become the same string ("1", "+1" and "1."): go-yaml may keep several and Go's
+    # random map order picks the one sent, so only keys that no other key collides with are used.
+    as_key = {s: next(iter(wire.load_all(f"{s}: x")[0])) for s in SCALARS if s not in unusable}
+    unique = [s for s in as_key if list(as_key.values()).count(as_key[s]) == 1]
+    keys = "\n".join(f"    {s}: k{i}" for i, s in enumerate(unique))
+    text = (
+        "apiVersion: kinfer.dev/v1alpha1\nkind: InferenceService\nmetadata:\n  name: yaml\n"
+        f"spec:\n  values:\n{values}\n  keys:\n{keys}\n"
+    )
+    proc = testbed.kubectl("create", "--dry-run=client", "--validate=false", "-o", "json", "-f", "-", input=text)
+    sent = json.loads(proc.stdout)
+    (ours,) = wire.load_all(text)
+    # Beyond int64 kubectl sends a float64, printed without an exponent (9223372036854776000).
+    assert ours["spec"]["keys"] == sent["spec"]["keys"]
+    for key, value in ours["spec"]["values"].items():
+        theirs = sent["spec"]["values"][key]
+        assert (value, type(value)) == (theirs, type(theirs)) or float(value) == float(theirs), key
+    for key in unusable[1:]:
+        bad = f"a:\n  {key}: x\n"
+        refused = testbed.kubectl("create", "--dry-run=client", "-o", "json", "-f", "-", input=bad, check=False)
+        assert refused.returncode != 0 and "unsupported map key" in refused.stderr
+        with pytest.raises(wire.LoadError, match="unsupported map key"):
+            wire.load_all(bad)
+
+
+def _pod(namespace: str, **spec: Any) -> dict[str, Any]:
+    container = {"name": "c", "image": "busybox", **spec.pop("container", {})}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "fmt-", "namespace": namespace},
+        "spec": {"containers": [container], **spec},
+    }
+
+
+def _pod_accepted(bed: Bed, pod: dict[str, Any]) -> bool:
+    try:
+        bed.kube.create(f"/api/v1/namespaces/{SUBSTITUTE_NAMESPACE}/pods?dryRun=All", pod)
+    except KubeError as e:
+        assert e.status in (400, 422), e
+        return False
+    return True
+
+
+FORMAT_STRINGS = [
+    "a", "A", "1", "a-b", "a_b", "a.b", "-a", "a-", "_a", "a_", ".a", "a.", "a b", "a/b", "a/b/c",
+    "/a", "a/", "example.com/a", "Example.com/a", "ex_ample.com/a", "-ex.com/a", "ex.com/-a",
+    "x" * 63, "x" * 64, "p" * 253 + "/a", "p" * 254 + "/a", "a/" + "n" * 63, "a/" + "n" * 64,
+    "ä", "a\tb", "", "nvidia.com/gpu", "NVIDIA-A100-SXM4-80GB", "NVIDIA-L4-", "1.5", "a..b",
+]
+QUANTITY_STRINGS = [
+    "1", "0", "+1", "-1", "-0", "1.", ".5", ".", "+", "-", "+.", "000", "0.0", "-0.0", "1.5", "500m",
+    "500u", "5n", "1k", "1K", "1M", "1G", "1T", "1P", "1E", "1Ki", "1Mi", "1Gi", "1Ti", "1Pi", "1Ei",
+    "1ki", "1mi", "1e3", "1E3", "1e+3", "1e-3", "1e", "1e+", "1e1.5", "1Ee3", "2GB", "1 Gi", " 1",
+    "1.5.5", "m", "+m", "0m", "0x10", "1Mi3", "1e3m", "12345678901234567890", "1e100", "1e-100",
+    "0.000000001", "1n", "1.5Gi", "-1e-3", "+1e3", "1e03", "1__0",
+]
+
+
+def test_formats_agree_with_pod_validation(bed: Bed) -> None:
+    """The label key and value rules (node selectors, tolerations) and the quantity rule (requests)
+    decide as Kubernetes' own Pod validation does, string by string."""
+    from kinfer.api import formats
+
+    disagree = []
+    for text in FORMAT_STRINGS:
+        as_key = _pod_accepted(bed, _pod(SUBSTITUTE_NAMESPACE, nodeSelector={text: "v"}))
+        if as_key != (len(text) <= formats.LABEL_KEY_MAX and formats.is_label_key(text)):
+            disagree.append(f"label key {text!r}: Kubernetes {'accepts' if as_key else 'refuses'}")
+        as_value = _pod_accepted(bed, _pod(SUBSTITUTE_NAMESPACE, nodeSelector={"k": text}))
+        if as_value != (len(text) <= formats.LABEL_VALUE_MAX and formats.is_label_value(text)):
+            disagree.append(f"label value {text!r}: Kubernetes {'accepts' if as_value else 'refuses'}")
+        toleration = {"key": text, "operator": "Exists"}
+        as_toleration = _pod_accepted(bed, _pod(SUBSTITUTE_NAMESPACE, tolerations=[toleration]))
+        if as_toleration != (text == "" or formats.is_label_key(text)):
+            disagree.append(f"toleration key {text!r}: Kubernetes {'accepts' if as_toleration else 'refuses'}")
+    for text in QUANTITY_STRINGS:
+        container = {"resources": {"requests": {"cpu": text}}}
+        accepted = _pod_accepted(bed, _pod(SUBSTITUTE_NAMESPACE, container=container))
+        # A Pod's quantity is trimmed of spaces before it is parsed; the CRD's isQuantity is not.
+        if accepted != formats.QUANTITY_RULE.holds(text.strip()):
+            disagree.append(f"quantity {text!r}: Kubernetes {'accepts' if accepted else 'refuses'}")
+    assert disagree == [], "\n".join(disagree)
+
+
+def test_quantities_are_judged_alike(bed: Bed) -> None:
+    """Every quantity string as resources.cpu and as resources.memory: kinfer's port of the
+    parser against the CRD's CEL isQuantity on the API server."""
+    from kinfer.api.validation import check
+
+    mismatches = []
+    for text in [*QUANTITY_STRINGS, *(int(n) for n in ("0", "2", "-2"))]:
+        for field in ("cpu", "memory"):
+            doc = {
+                "apiVersion": "kinfer.dev/v1alpha1",
+                "kind": "InferenceService",
+                "metadata": {"name": "quantity"},
+                "spec": {"model": {"uri": "file:///m"}, "resources": {field: text}},
+            }
+            ours = Counter((p.field, p.message) for p in check(doc))
+            theirs = Counter(r.key() for r in bed.create(doc))
+            if ours != theirs:
+                mismatches.append(f"{field}={text!r}: kinfer {sorted(ours)}, API server {sorted(theirs)}")
+    assert mismatches == [], "\n".join(mismatches)

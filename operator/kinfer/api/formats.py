@@ -140,37 +140,25 @@ def _suffix_ok(suffix: str) -> bool:
 def parse_quantity(text: str) -> tuple[bool, bool]:
     """(valid, negative) as k8s.io/apimachinery's resource.ParseQuantity decides them.
 
-    A port of its scanner: sign, digits, optional '.digits', then a suffix that is a decimal SI
-    prefix (n u m k M G T P E), a binary one (Ki … Ei) or an exponent (e3, E-2); the number must
-    hold a digit unless it is all zeros and signs ("+" and "-" are 0 to Kubernetes).
+    A port of its scanner: an optional sign, digits, optional '.digits', then a suffix that is a
+    decimal SI prefix (n u m k M G T P E), a binary one (Ki … Ei) or an exponent (e3, E-2). The
+    digits may be missing: ".", "m" and "+" are zero to Kubernetes.
     """
     if text == "":
         return False, False
-    if text == "0":
-        return True, False
-    negative = text[0] == "-"
+    sign = text[0] == "-"
     pos = 1 if text[0] in "+-" else 0
     end = len(text)
-    while pos < end and text[pos] == "0":
-        pos += 1
-    if pos >= end:
-        return True, False
-    start = pos
+    number_start = pos
     while pos < end and text[pos] in _DIGITS:
         pos += 1
-    nonzero = any(c in "123456789" for c in text[start:pos])
-    if pos >= end:
-        return True, negative and nonzero
-    if text[pos] == ".":
+    if pos < end and text[pos] == ".":
         pos += 1
-        frac = pos
         while pos < end and text[pos] in _DIGITS:
             pos += 1
-        nonzero = nonzero or any(c in "123456789" for c in text[frac:pos])
-    number = text[:pos]
-    has_digit = any(c in _DIGITS for c in number)
+    nonzero = any(c in "123456789" for c in text[number_start:pos])
     if pos >= end:
-        return has_digit, negative and nonzero
+        return True, sign and nonzero
     suffix_start = pos
     while pos < end and text[pos] in _SUFFIX_CHARS:
         pos += 1
@@ -180,8 +168,8 @@ def parse_quantity(text: str) -> tuple[bool, bool]:
         pos += 1
     if pos < end:
         return False, False
-    valid = has_digit and _suffix_ok(text[suffix_start:])
-    return valid, valid and negative and nonzero
+    valid = _suffix_ok(text[suffix_start:])
+    return valid, valid and sign and nonzero
 
 
 def is_nonnegative_quantity(value: Any) -> bool:

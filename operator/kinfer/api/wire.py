@@ -130,6 +130,8 @@ def _key(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
+        if not INT64[0] <= value <= INT64[1]:
+            raise LoadError("error converting YAML to JSON: unsupported map key of type: uint64")
         return str(value)
     if isinstance(value, float):
         return _go_float32_key(value)
@@ -137,11 +139,14 @@ def _key(value: Any) -> str:
 
 
 def as_sent(value: Any) -> Any:
-    """What survives the trip to JSON: a whole float is sent as an integer, NaN/Inf not at all."""
+    """What kubectl sends: a whole float as an integer, an integer beyond int64 as a float, NaN and
+    infinity not at all."""
     if isinstance(value, dict):
         return {k: as_sent(v) for k, v in value.items()}
     if isinstance(value, list):
         return [as_sent(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
+        return float(value)  # kubectl decodes it as a float64 and sends that
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             shown = "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
