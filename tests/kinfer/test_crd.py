@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kinfer.api import v1alpha1 as api
-from kinfer.api.crd import NAME_RULES, crd, crd_yaml
+from kinfer.api.crd import NAME_RULES, crd, crd_yaml, unsupported_keywords
 from kinfer.api.rules import ApiModel
 
 from .conftest import ROOT, k8s_validate
@@ -54,34 +54,68 @@ def test_every_spec_and_status_field_has_a_description() -> None:
         for root in ("spec", "status")
         for path, node in _walk(schema["properties"][root], root)
         # Scalar list items (canary steps) are described by their list.
-        if not node.get("description") and not (path.endswith("[]") and node["type"] != "object")
+        if not node.get("description") and not (path.endswith("[]") and node.get("type") != "object")
     ]
     assert missing == []
 
 
 def test_schema_is_structural() -> None:
     for path, node in _walk(_schema(), ""):
-        assert "type" in node, f"{path} has no type"
+        # int-or-string (quantities) is the one node a structural schema leaves without a type.
+        assert "type" in node or node.get("x-kubernetes-int-or-string"), f"{path} has no type"
         assert not {"$ref", "anyOf", "allOf", "oneOf", "title"} & node.keys(), path
-        if node["type"] == "object" and "properties" in node:
+        if node.get("type") == "object" and "properties" in node:
             assert "additionalProperties" not in node, path
         assert node.get("default") is not None or "default" not in node, path
 
 
-def test_every_rule_is_in_the_crd_with_its_message() -> None:
-    text = COMMITTED.read_text()
+def test_every_model_rule_is_in_the_crd_with_its_message() -> None:
     models = [m for m in vars(api).values() if isinstance(m, type) and issubclass(m, ApiModel)]
     rules = [r for m in models for r in m.rules] + list(NAME_RULES)
-    assert len(rules) >= 10
-    rendered = [
-        v for _, node in _walk(_schema(), "") for v in node.get("x-kubernetes-validations", [])
-    ]
-    rendered += _schema()["x-kubernetes-validations"]
+    assert len(rules) >= 15
+    rendered = [v for _, node in _walk(_schema(), "") for v in node.get("x-kubernetes-validations", [])]
+    rendered += [v for node in _walk_all(_schema()) for v in node.get("x-kubernetes-validations", [])]
     for rule in rules:
-        assert {"rule": rule.cel, "message": rule.message}.items() <= next(
-            r for r in rendered if r["rule"] == rule.cel and r["message"] == rule.message
-        ).items()
-        assert rule.message.split(":")[0] in text
+        assert rule.as_crd() in rendered, rule.cel
+
+
+def _walk_all(node: Any) -> list[dict[str, Any]]:
+    if not isinstance(node, dict):
+        return []
+    found = [node]
+    for value in node.values():
+        if isinstance(value, dict):
+            found += _walk_all(value)
+            found += [n for v in value.values() if isinstance(v, dict) for n in _walk_all(v)]
+    return found
+
+
+def test_the_crd_uses_only_keywords_kinfer_validate_implements() -> None:
+    # admission.py evaluates this very schema; a keyword it does not know would be ignored.
+    assert unsupported_keywords(_schema()["properties"]["spec"]) == []
+    assert unsupported_keywords(_schema()["properties"]["metadata"]) == []
+
+
+def test_no_pattern_and_no_fractional_openapi_bound() -> None:
+    # Patterns became CEL rules with plain words; fractional bounds became CEL (kube-openapi
+    # compares an integer with int64(bound)).
+    for path, node in _walk(_schema(), ""):
+        assert "pattern" not in node, path
+        for key in ("minimum", "maximum"):
+            bound = node.get(key)
+            assert not (isinstance(bound, float) and not bound.is_integer()), path
+
+
+def test_the_schema_is_what_the_api_server_will_see_for_cel_cost() -> None:
+    # The API server refuses rules whose estimated cost is unbounded: every string with a rule
+    # has a maxLength, every list or map with a rule (or with items that have one) a bound.
+    for path, node in _walk(_schema()["properties"]["spec"], "spec"):
+        if node.get("x-kubernetes-validations") and node.get("type") == "string":
+            assert "maxLength" in node, path
+        if node.get("type") == "array":
+            assert "maxItems" in node, path
+        if isinstance(node.get("additionalProperties"), dict):
+            assert "maxProperties" in node, path
 
 
 def test_object_defaults_are_complete_so_cel_rules_can_evaluate_them() -> None:
