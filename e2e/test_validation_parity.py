@@ -49,7 +49,9 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "crds" / "kinfer.dev_inferenceservices.yaml"
 INVALID = sorted((ROOT / "tests" / "data" / "invalid").glob("*.yaml"))
-VALID = sorted((ROOT / "tests" / "data" / "valid").glob("*.yaml")) + sorted((ROOT / "examples").glob("*.yaml"))
+VALID = sorted((ROOT / "tests" / "data" / "valid").glob("*.yaml")) + sorted(
+    (ROOT / "examples").glob("*.yaml")
+)
 RESOURCE = "/apis/kinfer.dev/v1alpha1/namespaces/{ns}/inferenceservices?dryRun=All&fieldValidation=Strict"
 SUBSTITUTE_NAMESPACE = "default"
 NOT_COMPARED = re.compile(r'Invalid value: "": Checked value must be of type integer \(default format\) in ')
@@ -107,13 +109,18 @@ class Bed:
 def _causes(error: KubeError) -> list[Refusal]:
     body = json.loads(error.body)
     message = body.get("message", "")
-    decode = re.search(r"(json: cannot unmarshal \S+ into Go struct field ObjectMeta\.)(\w+)( of type .*)", message)
+    decode = re.search(
+        r"(json: cannot unmarshal \S+ into Go struct field ObjectMeta\.)(\w+)( of type .*)", message
+    )
     if decode:
         # The API server decodes metadata as kubectl does, naming the Go field without "metadata."
         head, field, tail = decode.groups()
         return [Refusal(f"metadata.{field}", "DecodeError", f"{head}metadata.{field}{tail}")]
     if "strict decoding error" in message:
-        return [Refusal(f, "FieldValueUnknown", f'unknown field "{f}"') for f in re.findall(r'unknown field "([^"]+)"', message)]
+        return [
+            Refusal(f, "FieldValueUnknown", f'unknown field "{f}"')
+            for f in re.findall(r'unknown field "([^"]+)"', message)
+        ]
     causes = (body.get("details") or {}).get("causes") or []
     if not causes:
         return [Refusal("", body.get("reason", str(error.status)), message)]
@@ -201,7 +208,9 @@ def compare(path: Path, bed: Bed) -> str:
 @pytest.fixture(scope="module")
 def bed(testbed: Any) -> Iterator[Bed]:
     testbed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    testbed.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/inferenceservices.kinfer.dev")
+    testbed.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/inferenceservices.kinfer.dev"
+    )
     state = Bed(testbed)
     yield state
     for name in state.made:
@@ -238,15 +247,15 @@ SEED = int(os.environ.get("KINFER_PARITY_SEED", "16"))
 def test_generated_documents_are_judged_alike(bed: Bed) -> None:
     """Documents not in the repository: valid ones broken at random (seeded), sent as JSON to
     validation.check (what `kinfer validate` runs per document) and to the API server."""
-    from parity_documents import bases, broken
-
     from kinfer.api.validation import check
+    from parity_documents import bases, broken
 
     # Sent as kubectl sends them: it re-encodes JSON, so a whole float (2.0) goes as 2. A client
     # that posts 2.0 for an integer field meets CEL runtime errors ("invalid data, expected int,
     # got float64") that kinfer does not imitate; kubectl users cannot.
     docs = [
-        wire.as_sent(d) for d in broken(SEED, GENERATED, bases([ROOT / "tests" / "data" / "valid", ROOT / "examples"]))
+        wire.as_sent(d)
+        for d in broken(SEED, GENERATED, bases([ROOT / "tests" / "data" / "valid", ROOT / "examples"]))
     ]
     mismatches, refused_ours, refused_theirs = [], 0, 0
     for index, doc in enumerate(docs):
@@ -270,12 +279,67 @@ def test_generated_documents_are_judged_alike(bed: Bed) -> None:
 
 # Plain scalars whose meaning differs between YAML 1.1 (kubectl) and 1.2 or PyYAML.
 SCALARS = [
-    "y", "Y", "n", "N", "yes", "No", "on", "OFF", "true", "False", "~", "null", "NULL", "",
-    "1", "-1", "+1", "0", "-0", "00", "010", "08", "09", "0o17", "0x1F", "-0x10", "0b101", "-0b11",
-    "1_000", "1e3", "1E3", "1e+3", "1e-3", "1.5e3", "1.", ".5", "-.5", "+.5e2", "1.0", "2.50",
-    "1e400", "9223372036854775807", "9223372036854775808", "18446744073709551616",
-    "99999999999999999999999", "12:30", "1:2:3", "2024-01-01", "2001-12-14t21:59:43.10-05:00",
-    "1-2", "0.1.2", "1e", "e3", ".", "+", "1,000", "1Gi", "500m", "0x", "._5", "1__0",
+    "y",
+    "Y",
+    "n",
+    "N",
+    "yes",
+    "No",
+    "on",
+    "OFF",
+    "true",
+    "False",
+    "~",
+    "null",
+    "NULL",
+    "",
+    "1",
+    "-1",
+    "+1",
+    "0",
+    "-0",
+    "00",
+    "010",
+    "08",
+    "09",
+    "0o17",
+    "0x1F",
+    "-0x10",
+    "0b101",
+    "-0b11",
+    "1_000",
+    "1e3",
+    "1E3",
+    "1e+3",
+    "1e-3",
+    "1.5e3",
+    "1.",
+    ".5",
+    "-.5",
+    "+.5e2",
+    "1.0",
+    "2.50",
+    "1e400",
+    "9223372036854775807",
+    "9223372036854775808",
+    "18446744073709551616",
+    "99999999999999999999999",
+    "12:30",
+    "1:2:3",
+    "2024-01-01",
+    "2001-12-14t21:59:43.10-05:00",
+    "1-2",
+    "0.1.2",
+    "1e",
+    "e3",
+    ".",
+    "+",
+    "1,000",
+    "1Gi",
+    "500m",
+    "0x",
+    "._5",
+    "1__0",
 ]
 
 
@@ -293,7 +357,9 @@ def test_yaml_reads_like_kubectl(testbed: Any) -> None:
         "apiVersion: kinfer.dev/v1alpha1\nkind: InferenceService\nmetadata:\n  name: yaml\n"
         f"spec:\n  values:\n{values}\n  keys:\n{keys}\n"
     )
-    proc = testbed.kubectl("create", "--dry-run=client", "--validate=false", "-o", "json", "-f", "-", input=text)
+    proc = testbed.kubectl(
+        "create", "--dry-run=client", "--validate=false", "-o", "json", "-f", "-", input=text
+    )
     sent = json.loads(proc.stdout)
     (ours,) = wire.load_all(text)
     # Beyond int64 kubectl sends a float64, printed without an exponent (9223372036854776000).
@@ -303,7 +369,9 @@ def test_yaml_reads_like_kubectl(testbed: Any) -> None:
         assert (value, type(value)) == (theirs, type(theirs)) or float(value) == float(theirs), key
     for key in unusable[1:]:
         bad = f"a:\n  {key}: x\n"
-        refused = testbed.kubectl("create", "--dry-run=client", "-o", "json", "-f", "-", input=bad, check=False)
+        refused = testbed.kubectl(
+            "create", "--dry-run=client", "-o", "json", "-f", "-", input=bad, check=False
+        )
         assert refused.returncode != 0 and "unsupported map key" in refused.stderr
         with pytest.raises(wire.LoadError, match="unsupported map key"):
             wire.load_all(bad)
@@ -329,17 +397,105 @@ def _pod_accepted(bed: Bed, pod: dict[str, Any]) -> bool:
 
 
 FORMAT_STRINGS = [
-    "a", "A", "1", "a-b", "a_b", "a.b", "-a", "a-", "_a", "a_", ".a", "a.", "a b", "a/b", "a/b/c",
-    "/a", "a/", "example.com/a", "Example.com/a", "ex_ample.com/a", "-ex.com/a", "ex.com/-a",
-    "x" * 63, "x" * 64, "p" * 253 + "/a", "p" * 254 + "/a", "a/" + "n" * 63, "a/" + "n" * 64,
-    "ä", "a\tb", "", "nvidia.com/gpu", "NVIDIA-A100-SXM4-80GB", "NVIDIA-L4-", "1.5", "a..b",
+    "a",
+    "A",
+    "1",
+    "a-b",
+    "a_b",
+    "a.b",
+    "-a",
+    "a-",
+    "_a",
+    "a_",
+    ".a",
+    "a.",
+    "a b",
+    "a/b",
+    "a/b/c",
+    "/a",
+    "a/",
+    "example.com/a",
+    "Example.com/a",
+    "ex_ample.com/a",
+    "-ex.com/a",
+    "ex.com/-a",
+    "x" * 63,
+    "x" * 64,
+    "p" * 253 + "/a",
+    "p" * 254 + "/a",
+    "a/" + "n" * 63,
+    "a/" + "n" * 64,
+    "ä",
+    "a\tb",
+    "",
+    "nvidia.com/gpu",
+    "NVIDIA-A100-SXM4-80GB",
+    "NVIDIA-L4-",
+    "1.5",
+    "a..b",
 ]
 QUANTITY_STRINGS = [
-    "1", "0", "+1", "-1", "-0", "1.", ".5", ".", "+", "-", "+.", "000", "0.0", "-0.0", "1.5", "500m",
-    "500u", "5n", "1k", "1K", "1M", "1G", "1T", "1P", "1E", "1Ki", "1Mi", "1Gi", "1Ti", "1Pi", "1Ei",
-    "1ki", "1mi", "1e3", "1E3", "1e+3", "1e-3", "1e", "1e+", "1e1.5", "1Ee3", "2GB", "1 Gi", " 1",
-    "1.5.5", "m", "+m", "0m", "0x10", "1Mi3", "1e3m", "12345678901234567890", "1e100", "1e-100",
-    "0.000000001", "1n", "1.5Gi", "-1e-3", "+1e3", "1e03", "1__0",
+    "1",
+    "0",
+    "+1",
+    "-1",
+    "-0",
+    "1.",
+    ".5",
+    ".",
+    "+",
+    "-",
+    "+.",
+    "000",
+    "0.0",
+    "-0.0",
+    "1.5",
+    "500m",
+    "500u",
+    "5n",
+    "1k",
+    "1K",
+    "1M",
+    "1G",
+    "1T",
+    "1P",
+    "1E",
+    "1Ki",
+    "1Mi",
+    "1Gi",
+    "1Ti",
+    "1Pi",
+    "1Ei",
+    "1ki",
+    "1mi",
+    "1e3",
+    "1E3",
+    "1e+3",
+    "1e-3",
+    "1e",
+    "1e+",
+    "1e1.5",
+    "1Ee3",
+    "2GB",
+    "1 Gi",
+    " 1",
+    "1.5.5",
+    "m",
+    "+m",
+    "0m",
+    "0x10",
+    "1Mi3",
+    "1e3m",
+    "12345678901234567890",
+    "1e100",
+    "1e-100",
+    "0.000000001",
+    "1n",
+    "1.5Gi",
+    "-1e-3",
+    "+1e3",
+    "1e03",
+    "1__0",
 ]
 
 
@@ -359,7 +515,9 @@ def test_formats_agree_with_pod_validation(bed: Bed) -> None:
         toleration = {"key": text, "operator": "Exists"}
         as_toleration = _pod_accepted(bed, _pod(SUBSTITUTE_NAMESPACE, tolerations=[toleration]))
         if as_toleration != (text == "" or formats.is_label_key(text)):
-            disagree.append(f"toleration key {text!r}: Kubernetes {'accepts' if as_toleration else 'refuses'}")
+            disagree.append(
+                f"toleration key {text!r}: Kubernetes {'accepts' if as_toleration else 'refuses'}"
+            )
     for text in QUANTITY_STRINGS:
         container = {"resources": {"requests": {"cpu": text}}}
         accepted = _pod_accepted(bed, _pod(SUBSTITUTE_NAMESPACE, container=container))

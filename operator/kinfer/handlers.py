@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -195,11 +195,44 @@ for _group, _version, _plural in WATCHED:
     kopf.on.event(_group, _version, _plural, labels={**MANAGED, ISVC_LABEL: kopf.PRESENT})(_owned_changed)
 
 
+def _plain(value: Any) -> Any:
+    """kopf's body views as plain JSON values."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def skip_invalid(memo: Any, namespace: str, name: str, body: Any) -> bool:
+    """A spec the API server would refuse (an older CRD let it in): timers leave it alone.
+
+    The pass records Ready=False, InvalidSpec (and one Warning event); a timer asks for that pass
+    only while the condition is missing for this generation, so an invalid service costs one
+    parse per tick and no traceback.
+    """
+    try:
+        api.validate_spec(_plain(body.get("spec")))
+    except api.InvalidSpec:
+        status = body.get("status") or {}
+        conditions: list[dict[str, Any]] = status.get("conditions") or []
+        ready: dict[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
+        generation = (body.get("metadata") or {}).get("generation")
+        if ready.get("reason") != "InvalidSpec" or status.get("observedGeneration") != generation:
+            run_pass(memo, namespace, name, "invalid spec")
+        return True
+    return False
+
+
 @kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=ROLLOUT_SECONDS, sharp=False)
-def rollout_timer(namespace: str | None, name: str, spec: Any, status: Any, memo: Any, **_: Any) -> None:
+def rollout_timer(
+    namespace: str | None, name: str, spec: Any, status: Any, body: Any, memo: Any, **_: Any
+) -> None:
     """Canary steps: analysis, promotion and rollback, all recorded in status.canary."""
     # Most services run no canary: decide that from the watched body, without an API call.
     if not namespace or not ((spec.get("rollout") or {}).get("canary") or status.get("canary")):
+        return
+    if skip_invalid(memo, namespace, name, body):
         return
     runtime: Runtime = memo.runtime
     with runtime.lock((namespace, name)):
@@ -224,9 +257,11 @@ def rollout_timer(namespace: str | None, name: str, spec: Any, status: Any, memo
 
 
 @kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=AUTOSCALE_SECONDS, sharp=False)
-def autoscale_timer(namespace: str | None, name: str, spec: Any, memo: Any, **_: Any) -> None:
+def autoscale_timer(namespace: str | None, name: str, spec: Any, body: Any, memo: Any, **_: Any) -> None:
     """Mode metrics: read the window, decide, record it, and scale through a reconcile pass."""
     if not namespace or (spec.get("scaling") or {}).get("mode", "metrics") != "metrics":
+        return
+    if skip_invalid(memo, namespace, name, body):
         return
     runtime: Runtime = memo.runtime
     key = (namespace, name)

@@ -9,7 +9,6 @@ from typing import Any
 
 import jsonschema
 import pytest
-import yaml
 from kubernetes_validate.utils import schema_contents
 from referencing import Registry, Resource
 

@@ -41,7 +41,9 @@ def test_quoted_numbers_and_booleans_are_strings() -> None:
         'spec.resources.gpu: Invalid value: "string": must be of type integer: "string"',
         f"Invalid value: null: {RULES_SKIPPED}",
     ]
-    assert fields(isvc({"scaling": {"scaleToZero": {"enabled": "true"}}})) == {"spec.scaling.scaleToZero.enabled"}
+    assert fields(isvc({"scaling": {"scaleToZero": {"enabled": "true"}}})) == {
+        "spec.scaling.scaleToZero.enabled"
+    }
 
 
 def test_a_whole_float_is_an_integer_and_a_fraction_is_not() -> None:
@@ -134,7 +136,9 @@ def test_node_selector_keys_and_values() -> None:
     assert check(isvc({"scheduling": {"nodeSelector": {"topology.kubernetes.io/zone": "a"}}})) == []
     assert fields(isvc({"scheduling": {"nodeSelector": {"a/b/c": "v"}}})) == {"spec.scheduling.nodeSelector"}
     # A rule on a map entry names it NAME[KEY], as the CEL validator does.
-    assert fields(isvc({"scheduling": {"nodeSelector": {"zone": "-a"}}})) == {"spec.scheduling.nodeSelector[zone]"}
+    assert fields(isvc({"scheduling": {"nodeSelector": {"zone": "-a"}}})) == {
+        "spec.scheduling.nodeSelector[zone]"
+    }
 
 
 def test_quantities_and_claims_that_used_to_be_refused() -> None:
@@ -148,7 +152,8 @@ def test_metadata_is_checked_with_apimachinery_words() -> None:
     assert found[0].startswith('metadata.namespace: Invalid value: "team_a": a lowercase RFC 1123 label')
     assert found[1].startswith('metadata.labels: Invalid value: "v1-": a valid label must be')
     assert problems(isvc({}, labels={"tier": 1})) == [
-        "metadata.labels: json: cannot unmarshal number into Go struct field ObjectMeta.metadata.labels of type string"
+        "metadata.labels: json: cannot unmarshal number into Go struct field "
+        "ObjectMeta.metadata.labels of type string"
     ]
     assert problems(isvc({}, label={"a": "b"})) == ['metadata.label: unknown field "metadata.label"']
 

@@ -95,8 +95,16 @@ MISTAKES: list[tuple[tuple[str, ...], Any, str]] = [
     (("scheduling", "nodeSelector"), {"zone": "x-"}, "spec.scheduling.nodeSelector[zone]"),
     (("scheduling", "nodeSelector"), {"zone": 1}, "spec.scheduling.nodeSelector.zone"),
     (("scheduling", "tolerations"), [{"operator": "Equal"}], "spec.scheduling.tolerations[0].operator"),
-    (("scheduling", "tolerations"), [{"key": "a", "operator": "Exists", "value": "v"}], "spec.scheduling.tolerations[0].value"),
-    (("scheduling", "tolerations"), [{"key": "a", "tolerationSeconds": 1}], "spec.scheduling.tolerations[0].effect"),
+    (
+        ("scheduling", "tolerations"),
+        [{"key": "a", "operator": "Exists", "value": "v"}],
+        "spec.scheduling.tolerations[0].value",
+    ),
+    (
+        ("scheduling", "tolerations"),
+        [{"key": "a", "tolerationSeconds": 1}],
+        "spec.scheduling.tolerations[0].effect",
+    ),
     (("scheduling", "affinity"), [], "spec.scheduling.affinity"),
     (("resources", "gpus"), 1, "spec.resources.gpus"),
 ]

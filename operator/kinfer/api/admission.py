@@ -108,7 +108,9 @@ def go_quote(text: str) -> str:
             out.append("\\" + "abfnrtv"["\a\b\f\n\r\t\v".index(char)])
         elif not char.isprintable():
             code = ord(char)
-            out.append(f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+            out.append(
+                f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+            )
         else:
             out.append(char)
     return '"' + "".join(out) + '"'
@@ -295,7 +297,11 @@ def validate(schema: Schema, value: Any, path: str) -> list[Problem]:
         length = len(value)  # kube-openapi counts characters (runes)
         if "maxLength" in schema and length > schema["maxLength"]:
             limit = schema["maxLength"]
-            found.append(Problem(path, TOO_LONG, f"Too long: may not be more than {limit} byte{'s' if limit != 1 else ''}"))
+            found.append(
+                Problem(
+                    path, TOO_LONG, f"Too long: may not be more than {limit} byte{'s' if limit != 1 else ''}"
+                )
+            )
         if "minLength" in schema and length < schema["minLength"]:
             found.append(
                 Problem(
@@ -307,7 +313,13 @@ def validate(schema: Schema, value: Any, path: str) -> list[Problem]:
     if isinstance(value, list):
         if "maxItems" in schema and len(value) > schema["maxItems"]:
             limit = schema["maxItems"]
-            found.append(Problem(path, TOO_MANY, f"Too many: {len(value)}: must have at most {limit} item{'s' if limit != 1 else ''}"))
+            found.append(
+                Problem(
+                    path,
+                    TOO_MANY,
+                    f"Too many: {len(value)}: must have at most {limit} item{'s' if limit != 1 else ''}",
+                )
+            )
         if "minItems" in schema and len(value) < schema["minItems"]:
             found.append(
                 Problem(
@@ -322,7 +334,13 @@ def validate(schema: Schema, value: Any, path: str) -> list[Problem]:
     if isinstance(value, dict):
         if "maxProperties" in schema and len(value) > schema["maxProperties"]:
             limit = schema["maxProperties"]
-            found.append(Problem(path, TOO_MANY, f"Too many: {len(value)}: must have at most {limit} item{'s' if limit != 1 else ''}"))
+            found.append(
+                Problem(
+                    path,
+                    TOO_MANY,
+                    f"Too many: {len(value)}: must have at most {limit} item{'s' if limit != 1 else ''}",
+                )
+            )
         for key in schema.get("required", []):
             if key not in value:
                 found.append(Problem(_child(path, key), REQUIRED, "Required value"))

@@ -211,7 +211,13 @@ def validate(meta: dict[str, Any]) -> list[Problem]:
         found += [_invalid("metadata.annotations", key, m) for m in label_key(key.lower())]
     size = sum(len(k.encode()) + len((v or "").encode()) for k, v in annotations.items())
     if size > ANNOTATIONS_MAX_BYTES:
-        found.append(Problem("metadata.annotations", TOO_LONG, f"Too long: may not be more than {ANNOTATIONS_MAX_BYTES} bytes"))
+        found.append(
+            Problem(
+                "metadata.annotations",
+                TOO_LONG,
+                f"Too long: may not be more than {ANNOTATIONS_MAX_BYTES} bytes",
+            )
+        )
     for finalizer in meta.get("finalizers") or []:
         found += [_invalid("metadata.finalizers", finalizer or "", m) for m in label_key(finalizer or "")]
     return found

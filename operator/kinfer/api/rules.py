@@ -65,7 +65,12 @@ def validations(*rules: Rule) -> dict[str, Any]:
     return {"x-kubernetes-validations": [r.as_crd() for r in rules]}
 
 
-_WORDS = {">=": "greater than or equal to", ">": "greater than", "<=": "less than or equal to", "<": "less than"}
+_WORDS = {
+    ">=": "greater than or equal to",
+    ">": "greater than",
+    "<=": "less than or equal to",
+    "<": "less than",
+}
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": lambda a, b: a >= b,
     ">": lambda a, b: a > b,

@@ -7,6 +7,8 @@ unit, the range and the default.
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from typing import Annotated, Any, Literal
 
@@ -588,6 +590,8 @@ class InferenceServiceStatus(ApiModel):
     """In-cluster URL of the Service."""
 
 
+_DNS_1035 = re.compile(formats.DNS_1035_LABEL)
+
 # metadata.name as the CRD checks it (the API server adds its own DNS-subdomain check).
 NAME_RULES = (
     Rule(
@@ -603,7 +607,6 @@ NAME_RULES = (
         holds=lambda name: _DNS_1035.fullmatch(name) is not None,
     ),
 )
-_DNS_1035 = re.compile(formats.DNS_1035_LABEL)
 
 
 class InvalidSpec(ValueError):
@@ -617,6 +620,21 @@ class InvalidSpec(ValueError):
 def validate_spec(spec: Any) -> InferenceServiceSpec:
     """Check a spec the way the API server does (the generated CRD: schema, defaults and rules),
     then parse it. Raises InvalidSpec naming every problem."""
+    try:
+        key = json.dumps(spec, sort_keys=True)
+    except (TypeError, ValueError):
+        return _validate_spec(spec)
+    return _validate_spec_text(key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _validate_spec_text(text: str) -> InferenceServiceSpec:
+    # Timers parse every service's spec on every tick; the same spec gives the same (frozen)
+    # model, so it is checked once. Invalid specs raise and are not cached.
+    return _validate_spec(json.loads(text))
+
+
+def _validate_spec(spec: Any) -> InferenceServiceSpec:
     from kinfer.api.validation import admitted_spec  # validation reads the CRD made from here
 
     return InferenceServiceSpec.model_validate(admitted_spec(spec))

@@ -32,7 +32,7 @@ def _type_problems(doc: dict[str, Any]) -> list[Problem]:
         return []
     if version == api.API_VERSION and isinstance(kind, str) and kind.lower() == api.KIND.lower():
         # kubectl finds the kind whatever its case; the API server then refuses it.
-        return [Problem("kind", INVALID, f'Invalid value: {go_quote(kind)}: must be {api.KIND}')]
+        return [Problem("kind", INVALID, f"Invalid value: {go_quote(kind)}: must be {api.KIND}")]
     field = "kind" if version == api.API_VERSION else "apiVersion"
     return [Problem(field, NOT_FOUND, f'no matches for kind "{kind}" in version "{version}"')]
 

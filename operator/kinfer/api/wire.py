@@ -161,12 +161,12 @@ class GoLoader(yaml.SafeLoader):
 
     yaml_implicit_resolvers: dict[Any, list[tuple[str, re.Pattern[str]]]] = {}
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:  # type: ignore[override]
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         self.flatten_mapping(node)
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
-            out[_key(key)] = self.construct_object(value_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=True)
+            out[_key(key)] = self.construct_object(value_node, deep=deep)
         return out
 
 
