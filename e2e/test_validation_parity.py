@@ -546,3 +546,20 @@ def test_quantities_are_judged_alike(bed: Bed) -> None:
             if ours != theirs:
                 mismatches.append(f"{field}={text!r}: kinfer {sorted(ours)}, API server {sorted(theirs)}")
     assert mismatches == [], "\n".join(mismatches)
+
+
+@pytest.mark.parametrize("path", VALID, ids=lambda p: p.stem)
+def test_valid_documents_render_objects_the_api_server_accepts(bed: Bed, path: Path) -> None:
+    """What kinfer accepts, the operator can apply: each rendered Deployment, Service, PDB, HPA
+    and NetworkPolicy passes the API server's own validation (Pod rules for tolerations, node
+    selectors, quantities, claim and PriorityClass names)."""
+    from kinfer.render import render, to_yaml
+    from kinfer.settings import OperatorConfig
+
+    for doc in wire.load_all(path.read_text()):
+        namespace = (doc.get("metadata") or {}).get("namespace") or SUBSTITUTE_NAMESPACE
+        assert bed.namespace_refusals(namespace) == []
+        doc["metadata"]["namespace"] = namespace
+        objects = render(doc, OperatorConfig())
+        proc = bed.testbed.kubectl("create", "--dry-run=server", "-f", "-", input=to_yaml(objects), check=False)
+        assert proc.returncode == 0, f"{path.name}: {proc.stderr}"
