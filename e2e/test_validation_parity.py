@@ -561,5 +561,7 @@ def test_valid_documents_render_objects_the_api_server_accepts(bed: Bed, path: P
         assert bed.namespace_refusals(namespace) == []
         doc["metadata"]["namespace"] = namespace
         objects = render(doc, OperatorConfig())
-        proc = bed.testbed.kubectl("create", "--dry-run=server", "-f", "-", input=to_yaml(objects), check=False)
+        proc = bed.testbed.kubectl(
+            "create", "--dry-run=server", "-f", "-", input=to_yaml(objects), check=False
+        )
         assert proc.returncode == 0, f"{path.name}: {proc.stderr}"
