@@ -42,7 +42,7 @@ from click.testing import CliRunner
 
 from kinfer.api import wire
 from kinfer.cli import main as kinfer_cli
-from kinfer.testbed.kube import KubeError
+from kinfer_dev.testbed.kube import KubeError
 
 pytestmark = pytest.mark.e2e
 
