@@ -65,6 +65,8 @@ class _Pending:
     enqueued_at: float
     deadline: float | None
     future: asyncio.Future[Arrays] = field(repr=False)
+    # shapes past the batch dimension: only requests with equal ones are concatenated
+    trailing: tuple[tuple[int, ...], ...] = ()
     # perf_counter at arrival, for the metrics: uvloop's loop clock ticks in milliseconds
     arrived: float = field(default_factory=time.perf_counter)
     queued: bool = True
@@ -121,7 +123,8 @@ class Batcher:
         now = loop.time()
         if deadline is not None and deadline <= now:
             raise DeadlineExceeded("deadline passed before the request was queued")
-        item = _Pending(inputs, rows, now, deadline, loop.create_future())
+        trailing = tuple(getattr(v, "shape", ())[1:] for v in inputs.values()) if self._concatenate else ()
+        item = _Pending(inputs, rows, now, deadline, loop.create_future(), trailing=trailing)
         item.future.add_done_callback(lambda _f: self._forget(item))
         self._queue.append(item)
         self._queued_rows += rows
@@ -194,7 +197,10 @@ class Batcher:
                 await self._run_batch(loop, batch)
 
     def _take(self, now: float) -> list[_Pending]:
+        """The oldest request and the ones after it that fit and have its trailing shapes;
+        requests of other shapes keep their places for the next batch."""
         batch: list[_Pending] = []
+        other_shapes: list[_Pending] = []
         rows = 0
         while self._queue:
             item = self._queue[0]
@@ -204,6 +210,9 @@ class Batcher:
             if batch and rows + item.rows > self.max_batch_size:
                 break
             self._queue.popleft()
+            if batch and item.trailing != batch[0].trailing:
+                other_shapes.append(item)
+                continue
             item.queued = False
             self._queued_rows -= item.rows
             if item.deadline is not None and item.deadline <= now:
@@ -214,6 +223,7 @@ class Batcher:
             rows += item.rows
             if not self._concatenate:
                 break
+        self._queue.extendleft(reversed(other_shapes))
         return batch
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
