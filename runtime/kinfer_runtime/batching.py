@@ -22,6 +22,7 @@ import numpy as np
 from kinfer_runtime.protocol.errors import DeadlineExceeded, InferenceError, ModelFailed, Overloaded
 
 Arrays = dict[str, Any]  # tensor name -> numpy array, batch dimension first
+_READY_TURNS = 4  # most rounds of event-loop turns a partial batch waits for arrived requests
 Forward = Callable[[Arrays], Arrays]
 
 
@@ -192,9 +193,26 @@ class Batcher:
                     if timer is not None:
                         timer.cancel()
                 continue
-            batch = self._take(now)
+            await self._gather_ready()
+            batch = self._take(loop.time())
             if batch:
                 await self._run_batch(loop, batch)
+
+    async def _gather_ready(self) -> None:
+        """Before a partial batch runs, let requests that have already arrived join it.
+
+        Yield to the event loop for as long as each turn brings more rows (at most a few
+        turns): a turn reads the sockets that are ready and runs the handlers they start,
+        which takes microseconds, and no timer is involved.
+        """
+        for _ in range(_READY_TURNS):
+            if self._queued_rows >= self.max_batch_size or not self._concatenate:
+                return
+            before = self._queued_rows
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a parsed request reaches submit() one turn after its read
+            if self._queued_rows <= before:
+                return
 
     def _take(self, now: float) -> list[_Pending]:
         """The oldest request and the ones after it that fit and have its trailing shapes;
