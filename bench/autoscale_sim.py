@@ -19,9 +19,8 @@ A discrete-event simulation of one InferenceService:
 What each policy sees is listed in bench/autoscale.md ("Inputs").
 
     python bench/autoscale_sim.py                      # the conversation trace x24 + synthetic
-    python bench/autoscale_sim.py --suite --jobs 2     # + seeds 0-4 of every family
+    python bench/autoscale_sim.py --suite --jobs 2     # + seeds 0-4 of every family, tuning
     python bench/autoscale_sim.py --trace FILE.csv     # any CSV with a TIMESTAMP column
-    python bench/autoscale_sim.py --tune --jobs 2      # the tuned rows' search (tuning traces)
 """
 
 from __future__ import annotations
@@ -63,9 +62,10 @@ BUCKETS = np.array([
 EDGES = np.append(np.insert(BUCKETS, 0, 0.0), np.inf)
 
 # The tuned rows: each policy's best configuration of a grid of the same size (TUNING_BUDGET),
-# chosen by `--tune` on the tuning traces (seeds TUNE_SEEDS of each family and the synthetic
+# chosen by `--suite` on the tuning traces (seeds TUNE_SEEDS of each family and the synthetic
 # trace) by the mean frontier margin: attainment minus the static-pool frontier's attainment at
-# the same replica-seconds. Never chosen per trace.
+# the same replica-seconds. Never chosen per trace. TUNED records the last suite's choice for
+# runs without --suite.
 GRID: dict[str, list[dict[str, float]]] = {
     "hpa": [{"down_s": d, "util": u} for d in (60, 300) for u in (1.0, 0.75, 0.5)],
     "kpa": [{"stable_s": w, "util": u} for w in (60, 180) for u in (1.0, 0.7, 0.5)],
@@ -75,7 +75,7 @@ TUNING_BUDGET = 6
 TUNED: dict[str, dict[str, float]] = {
     "hpa": {"down_s": 300, "util": 0.5},
     "kpa": {"stable_s": 60, "util": 0.5},
-    "kinfer": {"down_s": 300, "util": 0.75},
+    "kinfer": {"down_s": 120, "p95": 1.0},
 }
 
 
@@ -627,10 +627,13 @@ def family_trace(family: str, seed: int, scale: float, minutes: float = 45.0) ->
     return np.sort(starts + rng.uniform(0, 1, len(starts)))
 
 
+FAMILIES = ("diurnal", "spike", "step", "ramp")
+
+
 def trace_names(suite: bool) -> list[str]:
     names = ["azure", "synthetic"]
     if suite:
-        names += [f"{f}-{s}" for f in ("diurnal", "spike", "step", "ramp") for s in FAMILY_SEEDS]
+        names += [f"{f}-{s}" for f in FAMILIES for s in FAMILY_SEEDS]
     return names
 
 
@@ -714,35 +717,85 @@ def lookahead(arrivals: np.ndarray, setup: Setup) -> tuple[Result, float]:
 
 @dataclass
 class TraceRun:
+    name: str
     title: str
     requests: int
     minutes: float
     headroom: float
-    results: list[Result]
+    defaults: dict[str, Result]
+    candidates: dict[str, list[Result]]  # per policy: one per GRID configuration (or TUNED's)
     pools: list[Result]
+    best: Result
     bound: float
+    results: list[Result] = field(default_factory=list)  # the table, once tuned rows are chosen
 
     def by(self, name: str) -> Result:
         return next(r for r in self.results if r.name == name)
 
+    def choose(self, tuned: dict[str, int]) -> None:
+        rows = []
+        for kind in ("kinfer", "hpa", "kpa"):
+            rows += [self.defaults[kind], self.candidates[kind][tuned.get(kind, 0)]]
+        self.results = [*rows, *self.pools, self.best]
 
-def run_trace(name: str, args: argparse.Namespace, setup: Setup) -> TraceRun:
+
+def run_trace(job: tuple[str, argparse.Namespace, Setup, bool]) -> TraceRun:
+    """Every row of one trace; with ``grid`` every tuning candidate too (the suite chooses)."""
+    name, args, setup, grid = job
     title, arrivals = arrivals_for(name, args, setup)
     best, headroom = lookahead(arrivals, setup)
     initial = int(lookahead_schedule(arrivals, setup, 1.0, 10.0)[0])
-    results = [
-        run_policy("kinfer", {}, arrivals, setup, initial, "kinfer"),
-        run_policy("kinfer", TUNED["kinfer"], arrivals, setup, initial, "kinfer-tuned"),
-        run_policy("hpa", {}, arrivals, setup, initial, "hpa"),
-        run_policy("hpa", TUNED["hpa"], arrivals, setup, initial, "hpa-tuned"),
-        run_policy("kpa", {}, arrivals, setup, initial, "kpa"),
-        run_policy("kpa", TUNED["kpa"], arrivals, setup, initial, "kpa-tuned"),
-    ]
+    defaults = {kind: run_policy(kind, {}, arrivals, setup, initial, kind) for kind in GRID}
+    candidates = {
+        kind: [
+            run_policy(kind, params, arrivals, setup, initial, f"{kind}-tuned")
+            for params in (configs if grid else [TUNED[kind]])
+        ]
+        for kind, configs in GRID.items()
+    }
     pools = static_pools(arrivals, setup)
     bound = lower_bound(arrivals, setup, 0.99)
+    for r in [*defaults.values(), *(r for rs in candidates.values() for r in rs), *pools, best]:
+        r.latencies = np.empty(0)  # the rows travel back from a worker process
     return TraceRun(
-        title, len(arrivals), float(arrivals[-1]) / 60, headroom, [*results, *pools, best], pools, bound
+        name,
+        title,
+        len(arrivals),
+        float(arrivals[-1]) / 60,
+        headroom,
+        defaults,
+        candidates,
+        pools,
+        best,
+        bound,
     )
+
+
+def choose_tuned(runs: list[TraceRun]) -> tuple[dict[str, int], list[str]]:
+    """Per policy, the GRID configuration with the best mean frontier margin on the tuning
+    traces (synthetic and seeds TUNE_SEEDS of each family): never per trace."""
+    tuning = [
+        r
+        for r in runs
+        if r.name == "synthetic" or any(r.name == f"{f}-{s}" for f in FAMILIES for s in TUNE_SEEDS)
+    ]
+    chosen, lines = {}, []
+    for kind, configs in GRID.items():
+        assert len(configs) == TUNING_BUDGET, kind
+        margins = [
+            float(np.mean([_margin(r.candidates[kind][i], r.pools) for r in tuning]))
+            for i in range(len(configs))
+        ]
+        chosen[kind] = int(np.argmax(margins))
+        lines += [
+            f"  {kind:<7} {c}  mean frontier margin {m:+.4f}" for c, m in zip(configs, margins, strict=True)
+        ]
+        lines.append(f"  tuned {kind}: {configs[chosen[kind]]}")
+    return chosen, lines
+
+
+def _margin(r: Result, pools: list[Result]) -> float:
+    return r.attainment - frontier(pools, r.replica_seconds)
 
 
 def report(run: TraceRun) -> str:
@@ -795,45 +848,11 @@ def summary(run: TraceRun) -> str:
     )
 
 
-# --- tuning ------------------------------------------------------------------------------------
-
-
-def tune_one(job: tuple[str, argparse.Namespace, Setup]) -> dict[str, list[float]]:
-    """Frontier margin of every grid configuration of every policy on one tuning trace."""
-    name, args, setup = job
-    _, arrivals = arrivals_for(name, args, setup)
-    pools = static_pools(arrivals, setup)
-    initial = int(lookahead_schedule(arrivals, setup, 1.0, 10.0)[0])
-    margins: dict[str, list[float]] = {}
-    for kind, grid in GRID.items():
-        for params in grid:
-            r = run_policy(kind, params, arrivals, setup, initial, kind)
-            margins.setdefault(kind, []).append(r.attainment - frontier(pools, r.replica_seconds))
-    return margins
-
-
-def tune(args: argparse.Namespace, setup: Setup, jobs: int) -> None:
-    names = ["synthetic"] + [f"{f}-{s}" for f in ("diurnal", "spike", "step", "ramp") for s in TUNE_SEEDS]
-    per_trace = _map(tune_one, [(n, args, setup) for n in names], jobs)
-    for kind, grid in GRID.items():
-        assert len(grid) == TUNING_BUDGET, kind
-        means = [float(np.mean([m[kind][i] for m in per_trace])) for i in range(len(grid))]
-        for params, mean in zip(grid, means, strict=True):
-            print(f"{kind:<7} {params}  mean frontier margin {mean:+.4f}")
-        print(f"best {kind}: {grid[int(np.argmax(means))]}\n")
-
-
 def _map(fn: Callable[[Any], Any], items: Iterable[Any], jobs: int) -> list[Any]:
     if jobs <= 1:
         return [fn(x) for x in items]
     with Pool(jobs) as pool:
         return pool.map(fn, list(items), chunksize=1)
-
-
-def _run_job(job: tuple[str, argparse.Namespace, Setup]) -> str:
-    started = time.monotonic()
-    text = report(run_trace(*job))
-    return text + f"\n({time.monotonic() - started:.0f} s)"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -842,7 +861,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--suite", action="store_true", help="conversation, synthetic and seeds 0-4 of each family"
     )
-    p.add_argument("--tune", action="store_true", help="search the tuned rows' grids on the tuning traces")
     p.add_argument("--jobs", type=int, default=1, help="traces simulated in parallel")
     p.add_argument("--copies", type=int, default=24, help="replay a CSV trace this many times")
     p.add_argument("--shift", type=float, default=7.3, help="seconds between copies")
@@ -875,14 +893,27 @@ def main(argv: list[str] | None = None) -> None:
         f"replica capacity {setup.model.capacity:.1f} req/s at batch {args.max_batch}; "
         f"SLO {args.slo_ms:g} ms; cold start {args.cold_start:g} s; scrape {args.scrape:g} s\n"
         f"targets for all: queue {setup.queue_target:g}/replica, p95 {setup.p95_target_ms} ms; "
-        f"tuned rows: {TUNED} (budget {TUNING_BUDGET} configurations each)"
+        + (
+            f"tuned rows: chosen below from a grid of {TUNING_BUDGET} configurations each"
+            if args.suite
+            else f"tuned rows: {TUNED} (chosen by the last --suite run)"
+        )
     )
-    if args.tune:
-        tune(args, setup, args.jobs)
-        return
     names = [f"file:{args.trace}"] if args.trace else trace_names(args.suite)
-    for text in _map(_run_job, [(n, args, setup) for n in names], args.jobs):
-        print(text, flush=True)
+    runs = _map(run_trace, [(n, args, setup, args.suite) for n in names], args.jobs)
+    if args.suite:
+        tuned, lines = choose_tuned(runs)
+        print(
+            "\ntuned rows, chosen on the tuning traces (synthetic, seeds "
+            f"{', '.join(map(str, TUNE_SEEDS))} of each family):",
+            *lines,
+            sep="\n",
+        )
+    else:
+        tuned = {}
+    for run in runs:
+        run.choose(tuned)
+        print(report(run), flush=True)
     print(f"\n({time.monotonic() - started:.0f} s)")
 
 
