@@ -137,3 +137,12 @@ def test_explain_scale_replays_a_recorded_window() -> None:
 def test_explain_scale_needs_a_name_or_a_file() -> None:
     result = kinfer("explain-scale")
     assert result.returncode == 2 and "NAME" in result.stderr
+
+
+def test_explain_scale_shows_the_rate_terms() -> None:
+    result = kinfer("explain-scale", "-f", "examples/recorded/rate.yaml")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "scale 4 -> 7: scale up: backlog (queue depth) wants 7"
+    for term in ("cold_start_seconds  45", "throughput", "arrival_rate", "headroom", "by_rate", "by_backlog"):
+        assert f"  {term}" in result.stdout, result.stdout
+    assert "backlog_now         7" in result.stdout

@@ -587,6 +587,7 @@ def decide(spec: Scaling, window: MetricsWindow, state: ScalingState, now: float
     )
     if wanted > result and backlog > max(sized, latency):
         result = wanted
+        terms.append(Term("backlog_now", result, "the backlog's pods go at once and leave no history"))
     panic_floor = 0
     if panic:
         panic_floor = max(state.panic_floor, current)
