@@ -459,9 +459,11 @@ class InferenceServiceSpec(ApiModel):
             cel="!has(self.rollout.canary) || !has(self.rollout.canary.analysis.drift) "
             "|| self.runtime.server == 'kinfer'",
             message="the drift check needs runtime.server kinfer: Triton does not shadow requests",
-            holds=lambda s: "canary" not in s["rollout"]
-            or "drift" not in s["rollout"]["canary"]["analysis"]
-            or s["runtime"]["server"] == "kinfer",
+            holds=lambda s: (
+                "canary" not in s["rollout"]
+                or "drift" not in s["rollout"]["canary"]["analysis"]
+                or s["runtime"]["server"] == "kinfer"
+            ),
             field="runtime.server",
         ),
     )
@@ -552,6 +554,54 @@ class CanaryStatus(ApiModel):
     canary Deployment is scaled to zero, so removing spec.rollout.canary costs no capacity."""
 
 
+class ColdStartStatus(ApiModel):
+    """How long this service's new pods take from created to Ready, as the operator measured it
+    from the API (pods with no container restart). The autoscaler's headroom and backlog terms
+    use it."""
+
+    seconds: float
+    """The estimate, in seconds: a moving average over measured pods (recent pods weigh at
+    least a fifth)."""
+
+    samples: int = 0
+    """Pods measured so far."""
+
+    measured_until: str = ""
+    """Ready time of the newest pod counted (RFC 3339); pods Ready later are new samples."""
+
+
+class AutoscalerStatus(ApiModel):
+    """What the autoscaler carries between ticks (mode metrics), saved so that a restarted
+    operator or a new leader continues with the same stabilization window, panic and learned
+    throughput instead of starting over. Written at most about once a minute, and whenever the
+    count or the panic state changes. Times are Unix seconds."""
+
+    saved_at: float = 0
+    """When this was saved (Unix seconds)."""
+
+    recommendations: list[list[float]] = []
+    """(time, replicas) pairs within the longest stabilization window."""
+
+    panic_until: float | None = None
+    """Panic holds until this time; absent when not panicking."""
+
+    panic_floor: int = 0
+    """Fewest replicas while the panic lasts."""
+
+    last_demand_at: float | None = None
+    """When demand (queue, in flight or requests) was last seen."""
+
+    last_scale_at: float | None = None
+    """When the autoscaler last changed the count."""
+
+    fit: list[float] = []
+    """Decayed per-second sums over forwards (count, rows, seconds, rows², rows x seconds) and
+    when they were decayed: the fit of the runtime's batch-latency line."""
+
+    history: list[list[float]] = []
+    """(time, queue depth, arrival rate) per tick over the last 10 minutes."""
+
+
 class InferenceServiceStatus(ApiModel):
     """Observed state, written by the operator."""
 
@@ -586,6 +636,12 @@ class InferenceServiceStatus(ApiModel):
     canary: CanaryStatus | None = None
     """The canary rollout, when one runs."""
 
+    cold_start: ColdStartStatus | None = None
+    """Measured created→Ready time of this service's pods."""
+
+    autoscaler: AutoscalerStatus | None = None
+    """The autoscaler's carried state (mode metrics)."""
+
     url: str = ""
     """In-cluster URL of the Service."""
 
@@ -596,8 +652,7 @@ _DNS_1035 = re.compile(formats.DNS_1035_LABEL)
 NAME_RULES = (
     Rule(
         cel=f"size(self) <= {MAX_NAME_LENGTH}",
-        message=f"must be at most {MAX_NAME_LENGTH} characters (it names Deployments, Services "
-        "and pods)",
+        message=f"must be at most {MAX_NAME_LENGTH} characters (it names Deployments, Services and pods)",
         holds=lambda name: len(name) <= MAX_NAME_LENGTH,
     ),
     Rule(
