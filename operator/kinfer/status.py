@@ -33,6 +33,9 @@ def pod_problem(pod: dict[str, Any]) -> tuple[str, str] | None:
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
             return "Unschedulable", f"pod {name}: {cond.get('message') or 'cannot be scheduled'}"
+    download = model_download_problem(pod)
+    if download is not None:
+        return download
     for container in status.get("containerStatuses") or []:
         waiting = (container.get("state") or {}).get("waiting") or {}
         reason = waiting.get("reason", "")
@@ -48,6 +51,33 @@ def pod_problem(pod: dict[str, Any]) -> tuple[str, str] | None:
                 f"pod {name}: container {container['name']} keeps failing "
                 f"({reason}, {restarts} restarts): {detail}"
             )
+    return None
+
+
+INITIALIZER = "storage-initializer"
+
+
+def model_download_problem(pod: dict[str, Any]) -> tuple[str, str] | None:
+    """The storage initializer's failure, in its own words (its termination message names the
+    cause and the URI: "Forbidden: s3://bucket/key: HTTP 403 ..."), or a Secret it cannot get."""
+    name = pod["metadata"]["name"]
+    for container in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        if container.get("name") != INITIALIZER:
+            continue
+        state = container.get("state") or {}
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") == "CreateContainerConfigError":
+            return "ModelDownloadFailed", f"pod {name}: {waiting.get('message') or waiting['reason']}"
+        # Done is done; while it runs or waits again, the last failure says why.
+        term = state.get("terminated") or (container.get("lastState") or {}).get("terminated")
+        if "terminated" in state and term and term.get("exitCode", 0) == 0:
+            return None
+        if term and term.get("exitCode", 0) != 0:
+            # The termination message, or the log's last line (FallbackToLogsOnError).
+            lines = (term.get("message") or "").strip().splitlines()
+            message = lines[-1].strip() if lines else f"exit code {term.get('exitCode')}"
+            restarts = container.get("restartCount", 0)
+            return "ModelDownloadFailed", f"pod {name}: {message} ({restarts} retries)"
     return None
 
 

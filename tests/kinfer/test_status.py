@@ -71,3 +71,45 @@ def test_rollout_in_progress() -> None:
     ready, progressing, _ = conditions(deployments=[deployment], pods=[], desired=2)
     assert ready.status == "True"
     assert (progressing.status, progressing.reason) == ("True", "Updating")
+
+
+def _initializing(
+    state: dict[str, Any], last: dict[str, Any] | None = None, restarts: int = 0
+) -> dict[str, Any]:
+    init: dict[str, Any] = {"name": "storage-initializer", "restartCount": restarts, "state": state}
+    if last is not None:
+        init["lastState"] = {"terminated": last}
+    return {"metadata": {"name": "m-1"}, "status": {"initContainerStatuses": [init]}}
+
+
+DENIED = "Forbidden: s3://models/ranker/: HTTP 403 (check the credentials): AccessDenied"
+
+
+def test_a_failed_download_names_the_uri_and_the_cause() -> None:
+    failing = _initializing(
+        {"waiting": {"reason": "CrashLoopBackOff"}}, {"exitCode": 1, "message": DENIED}, 2
+    )
+    assert pod_problem(failing) == ("ModelDownloadFailed", f"pod m-1: {DENIED} (2 retries)")
+    (ready, _, degraded) = conditions(
+        deployments=[{"metadata": {"name": "m"}, "spec": {"replicas": 1}, "status": {}}],
+        pods=[failing],
+        desired=1,
+    )
+    assert ready.reason == degraded.reason == "ModelDownloadFailed" and DENIED in ready.message
+
+
+def test_a_missing_secret_is_a_download_problem() -> None:
+    waiting = {"waiting": {"reason": "CreateContainerConfigError", "message": 'secret "s3-keys" not found'}}
+    assert pod_problem(_initializing(waiting)) == (
+        "ModelDownloadFailed",
+        'pod m-1: secret "s3-keys" not found',
+    )
+
+
+def test_a_download_that_succeeded_after_retries_is_no_problem() -> None:
+    done = _initializing(
+        {"terminated": {"exitCode": 0, "message": "{}"}}, {"exitCode": 1, "message": DENIED}, 1
+    )
+    assert pod_problem(done) is None
+    running = _initializing({"running": {}})
+    assert pod_problem(running) is None
