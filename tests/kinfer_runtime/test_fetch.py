@@ -71,11 +71,11 @@ def test_parts_are_read_in_parallel_and_hashed_in_order(
 ) -> None:
     monkeypatch.setattr("kinfer_runtime.storage.transfer.PART", 100_000)
     data = model_files()["model.pt"]
-    src = FakeSource({"model.pt": data})
+    src = FakeSource({"model.pt": data}, sha256={"model.pt": hashlib.sha256(data).hexdigest()})
     (obj,) = src.objects()
     with ThreadPoolExecutor(4) as pool:
         got = download(src, obj, tmp_path / "m", pool, Progress(URI, len(data)))
-    assert got == hashlib.sha256(data).hexdigest()
+    assert got == obj.sha256
     assert (tmp_path / "m").read_bytes() == data
     assert sorted(r[1] for r in src.reads) == list(range(0, len(data), 100_000))
 
@@ -205,3 +205,17 @@ def test_failures_name_the_cause_in_the_termination_message(
 
 def _source_protocol_holds(s: FakeSource) -> Source:
     return s  # mypy checks the fake against the protocol
+
+
+def test_the_fetch_report_becomes_runtime_metrics() -> None:
+    from kinfer_runtime.metrics import RuntimeMetrics
+
+    m = RuntimeMetrics("ranker")
+    m.model_fetched({"cache_hit": True, "bytes": 0, "download_seconds": 0.0})
+    m.model_fetched({"cache_hit": False, "bytes": 1234, "download_seconds": 2.5})
+    m.load_seconds.set(1.5)
+    text = m.render().decode()
+    assert 'kinfer_model_cache_hits_total{model="ranker"} 1.0' in text
+    assert 'kinfer_model_download_bytes_total{model="ranker"} 1234.0' in text
+    assert 'kinfer_model_download_seconds{model="ranker"} 2.5' in text
+    assert 'kinfer_model_load_seconds{model="ranker"} 1.5' in text

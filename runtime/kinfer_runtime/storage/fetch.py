@@ -160,7 +160,7 @@ def fetch(
     dest: Path,
     cache: NodeCache | None,
     sha256: str = "",
-    workers: int = 8,
+    workers: int = 10,
     opener: Opener | None = None,
 ) -> Report:
     """Make dest hold the model uri names (see the module doc)."""
@@ -225,9 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--cache-max-bytes", type=int, default=int(os.environ.get("KINFER_CACHE_MAX_BYTES", 50 << 30))
     )
-    ap.add_argument("--workers", type=int, default=int(os.environ.get("KINFER_FETCH_WORKERS", 8)))
+    ap.add_argument("--workers", type=int, default=int(os.environ.get("KINFER_FETCH_WORKERS", 10)))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    for chatty in ("botocore", "boto3", "urllib3"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     cache = NodeCache(args.cache_dir, args.cache_max_bytes) if args.cache_dir else None
     try:
         report = fetch(args.uri, args.dir, cache, args.sha256, args.workers)

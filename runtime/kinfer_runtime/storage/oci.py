@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -82,9 +83,19 @@ def _request(c: Any, uri: str, url: str, headers: dict[str, str], stream: bool =
     return answer
 
 
+def _reachable(ref: Reference, uri: str) -> None:
+    """Fail in seconds when nothing listens (the oras client retries for minutes)."""
+    host, _, port = ref.registry.partition(":")
+    try:
+        socket.create_connection((host, int(port or (80 if ref.insecure else 443))), timeout=5).close()
+    except OSError as exc:
+        raise FetchError(errors.UNREACHABLE, uri, f"registry {ref.registry}: {exc}", transient=True) from exc
+
+
 def manifest(uri: str) -> tuple[Any, Reference, dict[str, Any], str]:
     """(client, reference, manifest, manifest digest)."""
     ref = Reference.parse(uri)
+    _reachable(ref, uri)
     c = client(ref)
     scheme = "http" if ref.insecure else "https"
     url = f"{scheme}://{ref.registry}/v2/{ref.repository}/manifests/{ref.reference}"

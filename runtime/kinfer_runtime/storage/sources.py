@@ -111,7 +111,11 @@ class S3Source:
                 for item in page.get("Contents", []):
                     rel = item["Key"][len(prefix) :]
                     if rel and not rel.endswith("/"):
-                        found.append(self._remote(rel, item["Key"], item["Size"], item))
+                        # A listing carries no checksums; a HEAD per file does (few files).
+                        head = self.client.head_object(
+                            Bucket=self.bucket, Key=item["Key"], ChecksumMode="ENABLED"
+                        )
+                        found.append(self._remote(rel, item["Key"], item["Size"], head))
         except FetchError:
             raise
         except Exception as exc:
