@@ -16,6 +16,10 @@ PROMETHEUS = "v0.316.0"
 MINIO = "v0.0.0-20260212201848-7aac2a2c5b7c"
 DISTRIBUTION = "v3.1.2"  # github.com/distribution/distribution/v3 (cmd/registry)
 
+# Load clients of bench/runtime_vs_peers.py (built only on request: `install bench`).
+VEGETA = "v12.13.0"  # github.com/tsenart/vegeta/v12, HTTP
+GHZ = "v0.93.0"  # github.com/bojand/ghz, gRPC
+
 # Source-only modules (downloaded into the module cache at install, nothing built):
 # the Gateway API CRDs (config/crd/standard).
 GATEWAY_API = "v1.2.1"  # sigs.k8s.io/gateway-api
