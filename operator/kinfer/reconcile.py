@@ -115,6 +115,11 @@ def reconcile(
         "effectiveModelUri": effective.uri,
         "url": f"http://{name}.{namespace}.svc:{HTTP_PORT}",
     }
+    cold = status_mod.cold_start(pods)
+    if cold is not None:
+        new_status["coldStart"] = cold
+        if (previous.get("coldStart") or {}).get("pod") != cold["pod"]:
+            outcome.events.append(("Normal", "ModelStarted", status_mod.cold_start_message(cold)))
     _finish(cluster, outcome, isvc, previous, new_status)
     degraded = next(c for c in current if c.type == "Degraded")
     was_degraded = _condition(previous, "Degraded").get("status") == "True"

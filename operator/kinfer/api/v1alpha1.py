@@ -560,6 +560,28 @@ class CanaryStatus(ApiModel):
     canary Deployment is scaled to zero, so removing spec.rollout.canary costs no capacity."""
 
 
+class ColdStart(ApiModel):
+    """How the most recently ready pod started: the model download, then the server."""
+
+    pod: str = ""
+    """The pod these times are of."""
+
+    download_seconds: float | None = None
+    """Seconds the storage initializer took (0 on a node-cache hit); unset for pvc:// and file://."""
+
+    download_bytes: int = 0
+    """Bytes it downloaded (0 on a cache hit)."""
+
+    cache_hit: bool = False
+    """Whether the node's model cache served the model."""
+
+    start_seconds: float | None = None
+    """Seconds from the server container's start to Ready: model load, warm-up, first probe."""
+
+    created_to_ready_seconds: float | None = None
+    """Seconds from the pod's creation to Ready (scheduling, download, start): the cold start."""
+
+
 class InferenceServiceStatus(ApiModel):
     """Observed state, written by the operator."""
 
@@ -596,6 +618,9 @@ class InferenceServiceStatus(ApiModel):
 
     url: str = ""
     """In-cluster URL of the Service."""
+
+    cold_start: ColdStart | None = None
+    """Download, start and created-to-Ready seconds of the most recently ready pod."""
 
 
 _DNS_1035 = re.compile(formats.DNS_1035_LABEL)
