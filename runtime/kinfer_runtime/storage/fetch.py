@@ -15,6 +15,7 @@ kubelet restarts it with back-off. On success the termination message is the rep
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -231,6 +232,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for chatty in ("botocore", "boto3", "urllib3"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     cache = NodeCache(args.cache_dir, args.cache_max_bytes) if args.cache_dir else None
+    if cache is not None:
+        with contextlib.suppress(OSError):
+            cache.root.mkdir(parents=True, exist_ok=True)
+        if not os.access(cache.root, os.W_OK):
+            log.warning("node cache %s is not writable by UID %d: not used", cache.root, os.getuid())
+            cache = None
     try:
         report = fetch(args.uri, args.dir, cache, args.sha256, args.workers)
     except FetchError as exc:
