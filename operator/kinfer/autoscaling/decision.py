@@ -236,6 +236,8 @@ def throughput(fit: Fit, max_batch: int | None, latency_ms: float) -> float | No
     if w < 0.01 or st <= 0 or sb <= 0:  # no forward seen, or all decayed away
         return None
     mean_b, mean_t = sb / w, st / w
+    if mean_t <= 0 or mean_b <= 0:  # sums so small (decayed, or read back from status) they underflow
+        return None
     observed = mean_b / mean_t
     spread = sbb / w - mean_b * mean_b
     if max_batch is None or spread < 0.25:  # batch sizes within half a row: no slope to read
