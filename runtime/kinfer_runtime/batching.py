@@ -90,6 +90,7 @@ class Batcher:
         concatenate: bool = True,
         executor: Executor | None = None,
         observer: BatchObserver | None = None,
+        inline_below_s: float = 0.0,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -101,6 +102,11 @@ class Batcher:
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="kinfer-forward")
         self._own_executor = executor is None
         self._observer: BatchObserver = observer or _NoObserver()
+        # forwards whose recent duration is below this run on the event loop itself: for a
+        # model that fast, handing the batch to the worker thread and back costs more than
+        # the forward (0 = always on the worker thread)
+        self._inline_below_s = inline_below_s
+        self._recent_s = float("inf")  # moving average of forward time; the first run on the worker
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_rows = 0
         self._inflight_rows = 0
@@ -247,11 +253,13 @@ class Batcher:
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         rows = sum(item.rows for item in batch)
         self._inflight_rows = rows
+        inputs = [item.inputs for item in batch]
         started = time.perf_counter()
         try:
-            outputs = await loop.run_in_executor(
-                self._executor, self._forward_batch, [item.inputs for item in batch], rows
-            )
+            if self._recent_s < self._inline_below_s:
+                outputs = self._forward_batch(inputs, rows)
+            else:
+                outputs = await loop.run_in_executor(self._executor, self._forward_batch, inputs, rows)
         except asyncio.CancelledError:
             self._fail(batch, ModelFailed("server stopped while the batch ran"))
             raise
@@ -265,6 +273,8 @@ class Batcher:
             self._inflight_rows = 0
             self._observer.queue_depth(self.depth)
         compute_s = time.perf_counter() - started
+        first = self._recent_s == float("inf")
+        self._recent_s = compute_s if first else 0.8 * self._recent_s + 0.2 * compute_s
         self._observer.batch(rows, [started - item.arrived for item in batch], compute_s)
         offset = 0
         for item in batch:
@@ -282,7 +292,8 @@ class Batcher:
                 item.future.set_exception(type(exc)(exc.message))
 
     def _forward_batch(self, inputs: list[Arrays], rows: int) -> Arrays:
-        """Runs on the worker thread: concatenate, forward, check the batch dimension."""
+        """Runs on the worker thread (or inline, see `inline_below_s`): concatenate, forward,
+        check the batch dimension."""
         if len(inputs) == 1:
             merged = inputs[0]
         else:

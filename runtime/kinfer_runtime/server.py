@@ -108,6 +108,8 @@ async def serve(settings: Settings) -> int:
                 concatenate=sig.batched,
                 executor=executor,
                 observer=metrics,
+                # inline forwards only on CPU: CUDA state (current device, streams) is per thread
+                inline_below_s=settings.inline_forward_ms / 1000 if model.device == "cpu" else 0.0,
             )
             batcher.start()
             plane.model_loaded(batcher)

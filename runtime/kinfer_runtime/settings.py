@@ -20,6 +20,7 @@ class Settings:
     max_batch_size: int = 0  # 0: the signature's max_batch_size
     max_delay_ms: float = 5.0
     max_queue: int = 512
+    inline_forward_ms: float = 1.0  # CPU models this fast run their forward on the event loop
     request_timeout_ms: float = 0.0  # 0: no default deadline
     drain_delay_s: float = 3.0
     drain_timeout_s: float = 25.0
@@ -45,6 +46,8 @@ _HELP = {
     "max_batch_size; capped by it)",
     "max_delay_ms": "longest wait for a batch to fill before it runs",
     "max_queue": "rows allowed to wait; beyond it answer 429 / RESOURCE_EXHAUSTED",
+    "inline_forward_ms": "on CPU, a model whose recent forwards took less than this runs them on "
+    "the event loop instead of the worker thread (0 = always the worker thread)",
     "request_timeout_ms": "default per-request deadline (0 = none); 504 / DEADLINE_EXCEEDED",
     "drain_delay_s": "after SIGTERM: keep accepting this long (readiness is already false)",
     "drain_timeout_s": "after that: longest wait for accepted requests to finish",
@@ -109,6 +112,8 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
     settings = Settings(**vars(ns))
     if settings.max_delay_ms < 0 or settings.max_queue < 1 or settings.max_batch_size < 0:
         parser.error("--max-delay-ms >= 0, --max-queue >= 1 and --max-batch-size >= 0 required")
+    if settings.inline_forward_ms < 0:
+        parser.error(f"--inline-forward-ms must be >= 0 (got {settings.inline_forward_ms})")
     if settings.shadow_rate <= 0 or settings.shadow_timeout_ms <= 0:
         parser.error(
             f"--shadow-rate must be > 0 (got {settings.shadow_rate}) and --shadow-timeout-ms > 0 "

@@ -231,3 +231,21 @@ def test_a_partial_batch_takes_requests_that_arrive_in_the_next_loop_turns() -> 
 
     _run(main())
     assert fwd.batches == [4]
+
+
+@pytest.mark.parametrize(("delay", "inline"), [(0.0, True), (0.01, False)])
+def test_fast_forwards_run_on_the_loop_slow_ones_on_the_worker(delay: float, inline: bool) -> None:
+    fwd = Recorder(delay=delay)
+
+    async def main() -> None:
+        b = Batcher(fwd, max_batch_size=4, max_delay_s=0.0, max_queue_rows=100,
+                    inline_below_s=0.005)  # fmt: skip
+        b.start()
+        for _ in range(5):
+            out = await b.submit({"x": np.ones((1, 2))}, 1)
+            assert out["y"].tolist() == [[10.0, 10.0]]
+        await b.stop()
+
+    _run(main())
+    assert len(fwd.thread_ids) == (2 if inline else 1)  # the first forward is on the worker
+    assert (threading.get_ident() in fwd.thread_ids) is inline

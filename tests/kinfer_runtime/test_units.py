@@ -185,6 +185,12 @@ def test_json_data_is_never_coerced(datatype: str, data: list[object], fragment:
         codec.from_json_data(data, datatype, (2, 2) if isinstance(data[0], list) else (len(data),), "t")
 
 
+def test_json_numbers_out_of_a_float_range_are_refused() -> None:
+    with pytest.raises(InvalidInput, match=r"input 't': data element 1 is out of range for FP16"):
+        codec.from_json_data([1.0, 70000.0], "FP16", (2,), "t")
+    assert codec.from_json_data([1.0, 60000.0], "FP16", (2,), "t").tolist() == [1.0, 60000.0]
+
+
 def test_json_data_of_the_right_types_decodes() -> None:
     assert codec.from_json_data([[1, 2.5], [3, 4]], "FP32", (2, 2), "t").dtype == np.float32
     assert codec.from_json_data([True, False], "BOOL", (2,), "t").tolist() == [True, False]

@@ -165,13 +165,18 @@ def from_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str) 
             arr = np.empty(flat.size, dtype=object)
             arr[:] = [_json_bytes(x, name) for x in flat]
         else:
-            arr = np.asarray(data, dtype=NUMPY_DTYPE[datatype])
+            with np.errstate(over="ignore"):  # too large for the datatype: refused below
+                arr = np.asarray(data, dtype=NUMPY_DTYPE[datatype])
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInput(f"input '{name}': 'data' is not a valid {datatype} array: {exc}") from None
     if arr.size != count:
         raise InvalidInput(
             f"input '{name}': shape {list(shape)} needs {count} elements, 'data' has {arr.size}"
         )
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        # JSON numbers are finite: a non-finite value is one the datatype cannot hold
+        at = int(np.argmin(np.isfinite(arr.ravel())))
+        raise InvalidInput(f"input '{name}': data element {at} is out of range for {datatype}")
     return arr.reshape(shape)
 
 

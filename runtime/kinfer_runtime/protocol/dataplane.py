@@ -154,9 +154,13 @@ class DataPlane:
         missing = [name for name in self._inputs if name not in seen]
         if missing:
             raise InvalidInput(f"missing input '{missing[0]}'; model needs {list(self._inputs)}")
+        asked: set[str] = set()
         for out in request.outputs or ():
             if out.name not in self._outputs:
                 raise InvalidInput(f"unknown output '{out.name}'; model has {sorted(self._outputs)}")
+            if out.name in asked:
+                raise InvalidInput(f"output '{out.name}' is requested more than once")
+            asked.add(out.name)
         return rows if sig.batched else 1
 
     async def infer(self, request: InferRequest, transport_deadline: float | None = None) -> InferResponse:
