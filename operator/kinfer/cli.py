@@ -320,6 +320,40 @@ PLUGIN_GROUP = "kinfer.commands"
 live in their own distribution, kinfer-dev, which the product and its images do not contain."""
 
 
+@main.group()
+def model() -> None:
+    """Put model directories where InferenceServices read them (s3://, oci://) and list them.
+
+    Runs `kinfer-runtime push|ls` (the runtime's storage client, pip install kinfer[runtime]), so
+    uploads use the same code, credentials and checks as the pods' downloads: AWS_* variables
+    (AWS_ENDPOINT_URL for any S3-compatible store) or KINFER_STORAGE_USERNAME/PASSWORD.
+    """
+
+
+def _runtime(*args: str) -> None:
+    import shutil
+    import subprocess
+
+    runtime = shutil.which("kinfer-runtime")
+    argv = [runtime] if runtime else [sys.executable, "-m", "kinfer_runtime"]
+    raise SystemExit(subprocess.call([*argv, *args]))
+
+
+@model.command("push")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.argument("uri")
+def model_push(directory: str, uri: str) -> None:
+    """Upload DIRECTORY (a model file and its signature.json) to URI; print the URI to serve."""
+    _runtime("push", directory, uri)
+
+
+@model.command("ls")
+@click.argument("uri")
+def model_ls(uri: str) -> None:
+    """List the files of the model at URI (size, name, digest)."""
+    _runtime("ls", uri)
+
+
 def _register_plugins() -> None:
     for entry in entry_points(group=PLUGIN_GROUP):
         try:

@@ -119,6 +119,11 @@ def reconcile(
     cold_start = coldstart.update(previous.get("coldStart"), pods)
     if cold_start is not None:
         new_status["coldStart"] = cold_start
+    last = status_mod.last_start(pods)
+    if last is not None:
+        new_status["lastStart"] = last
+        if (previous.get("lastStart") or {}).get("pod") != last["pod"]:
+            outcome.events.append(("Normal", "ModelStarted", status_mod.last_start_message(last)))
     _finish(cluster, outcome, isvc, previous, new_status)
     degraded = next(c for c in current if c.type == "Degraded")
     was_degraded = _condition(previous, "Degraded").get("status") == "True"

@@ -12,6 +12,13 @@
                                                batch-latency line t = a + b x rows by least squares
 - kinfer_requests_total{model,code}            counter; code = HTTP status (gRPC mapped to it)
 
+Model start (once per process; the download part from the storage initializer's report):
+- kinfer_model_load_seconds{model}             gauge: reading the model into memory
+- kinfer_model_warmup_seconds{model}           gauge: the warm-up forwards
+- kinfer_model_download_seconds{model}         gauge: the init container's download (0: cache hit)
+- kinfer_model_download_bytes_total{model}     counter: bytes the init container downloaded
+- kinfer_model_cache_hits_total{model}         counter: 1 when the node cache served the model
+
 Canary drift check (`shadow.py`; zero unless --shadow-url is set):
 - kinfer_shadow_comparisons_total{model}       counter: canary answers compared with the stable's
 - kinfer_shadow_rows_total{model}              counter: rows compared (the first output's rows)
@@ -129,6 +136,29 @@ class RuntimeMetrics:
             registry=r,
         )
         self._shadow_errors = {reason: errors.labels(model, reason) for reason in SHADOW_ERROR_REASONS}
+
+        def gauge(name: str, text: str) -> Gauge:
+            return Gauge(name, text, ["model"], registry=r).labels(model)
+
+        self.load_seconds = gauge("kinfer_model_load_seconds", "Seconds spent reading the model into memory.")
+        self.warmup_seconds = gauge("kinfer_model_warmup_seconds", "Seconds spent in warm-up forwards.")
+        self.download_seconds = gauge(
+            "kinfer_model_download_seconds",
+            "Seconds the storage initializer spent downloading (0: cache hit).",
+        )
+        fetched = "Bytes the storage initializer downloaded."
+        self.download_bytes = Counter("kinfer_model_download_bytes", fetched, ["model"], registry=r).labels(
+            model
+        )
+        hits = "1 when the node's model cache served the model."
+        self.cache_hits = Counter("kinfer_model_cache_hits", hits, ["model"], registry=r).labels(model)
+
+    def model_fetched(self, report: dict[str, object]) -> None:
+        """The storage initializer's .kinfer-fetch.json."""
+        self.download_seconds.set(float(report.get("download_seconds", 0.0)))  # type: ignore[arg-type]
+        self.download_bytes.inc(int(report.get("bytes", 0)))  # type: ignore[call-overload]
+        if report.get("cache_hit"):
+            self.cache_hits.inc()
 
     # BatchObserver
     def queue_depth(self, rows: int) -> None:
