@@ -459,9 +459,11 @@ class InferenceServiceSpec(ApiModel):
             cel="!has(self.rollout.canary) || !has(self.rollout.canary.analysis.drift) "
             "|| self.runtime.server == 'kinfer'",
             message="the drift check needs runtime.server kinfer: Triton does not shadow requests",
-            holds=lambda s: "canary" not in s["rollout"]
-            or "drift" not in s["rollout"]["canary"]["analysis"]
-            or s["runtime"]["server"] == "kinfer",
+            holds=lambda s: (
+                "canary" not in s["rollout"]
+                or "drift" not in s["rollout"]["canary"]["analysis"]
+                or s["runtime"]["server"] == "kinfer"
+            ),
             field="runtime.server",
         ),
     )
@@ -533,7 +535,14 @@ class CanaryStatus(ApiModel):
     """Index of the current step in spec.rollout.canary.steps, from 0."""
 
     weight: int = 0
-    """Percent of traffic the canary gets now."""
+    """Percent of traffic the current step gives the canary (the routes' weight)."""
+
+    applied_weight: int = 0
+    """Percent of requests the canary really gets: the route's weight when a Gateway has accepted
+    the HTTPRoute, otherwise the canary's share of the ready pods behind the one Service."""
+
+    applied_by: str = ""
+    """What splits the traffic: HTTPRoute (a Gateway accepted the route) or replicas (none did)."""
 
     step_started_at: str = ""
     """When the current step began (RFC 3339)."""
@@ -596,8 +605,7 @@ _DNS_1035 = re.compile(formats.DNS_1035_LABEL)
 NAME_RULES = (
     Rule(
         cel=f"size(self) <= {MAX_NAME_LENGTH}",
-        message=f"must be at most {MAX_NAME_LENGTH} characters (it names Deployments, Services "
-        "and pods)",
+        message=f"must be at most {MAX_NAME_LENGTH} characters (it names Deployments, Services and pods)",
         holds=lambda name: len(name) <= MAX_NAME_LENGTH,
     ),
     Rule(
