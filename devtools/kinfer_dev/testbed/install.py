@@ -157,8 +157,11 @@ def others() -> list[GoBinary]:
             "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
             # The Kubernetes version `helm template` and `helm lint` assume offline, as helm's
             # Makefile sets it from its client-go (v0.36 → 1.36); without it helm says 1.20.
-            *(f"-X helm.sh/helm/v3/pkg/{pkg}.k8sVersion{part}" for pkg in ("chartutil", "lint/rules")
-              for part in ("Major=1", "Minor=36")),
+            *(
+                f"-X helm.sh/helm/v3/pkg/{pkg}.k8sVersion{part}"
+                for pkg in ("chartutil", "lint/rules")
+                for part in ("Major=1", "Minor=36")
+            ),
         ]
     )
     return [
@@ -174,6 +177,45 @@ def others() -> list[GoBinary]:
         GoBinary("helm", "helm.sh/helm/v3", versions.HELM, ("helm.sh/helm/v3/cmd/helm",), helm_ld),
         prometheus(),
     ]
+
+
+def traefik(log: Path) -> GoBinary:
+    """Traefik's go.mod has replace and exclude lines a dependency's go.mod does not carry over:
+    the wrapper copies them, with a local `./dir` replace pointed at the module cache's copy."""
+    v = versions.TRAEFIK
+    info = module_info("github.com/traefik/traefik/v3", v, log)
+    gomod = Path(info["GoMod"]).read_text()
+    extra = "\n".join(_directive_blocks(gomod, ("replace", "exclude")))
+    extra = re.sub(r"=>\s+\./(\S+)", lambda m: f"=> {info['Dir']}/{m.group(1)}", extra)
+    pkg = "github.com/traefik/traefik/v3/pkg/version"
+    return GoBinary(
+        "traefik",
+        "github.com/traefik/traefik/v3",
+        v,
+        ("github.com/traefik/traefik/v3/cmd/traefik",),
+        f"-s -w -X {pkg}.Version={v} -X {pkg}.Codename=kinfer",
+        extra_gomod=extra + "\n",
+    )
+
+
+def _directive_blocks(gomod: str, names: tuple[str, ...]) -> list[str]:
+    """The `name x` lines and `name ( ... )` blocks of a go.mod, verbatim."""
+    out: list[str] = []
+    lines = iter(gomod.splitlines())
+    for line in lines:
+        head = line.split("//")[0].strip()
+        if not head.startswith(names):
+            continue
+        if head.endswith("("):
+            block = [line]
+            for inner in lines:
+                block.append(inner)
+                if inner.strip() == ")":
+                    break
+            out.append("\n".join(block))
+        else:
+            out.append(line)
+    return out
 
 
 def prometheus() -> GoBinary:
@@ -211,6 +253,7 @@ class Paths:
     kwok: Path
     helm: Path
     prometheus: Path
+    traefik: Path
 
 
 def paths() -> Paths:
@@ -221,6 +264,7 @@ def paths() -> Paths:
         kwok=b / f"kwok-{versions.KWOK}" / "kwok",
         helm=b / f"helm-{versions.HELM}" / "helm",
         prometheus=b / f"prometheus-{versions.PROMETHEUS}" / "prometheus",
+        traefik=b / f"traefik-{versions.TRAEFIK}" / "traefik",
     )
 
 
@@ -247,7 +291,8 @@ def missing(helm: bool = True) -> list[str]:
     """Binaries not installed yet (helm is a tool for users, `up` does not need it)."""
     p = paths()
     need = [p.k8s / c for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler")]
-    need += [p.k8s / "kubectl", p.etcd, p.kwok, p.prometheus] + ([p.helm] if helm else [])
+    need += [p.k8s / "kubectl", p.etcd, p.kwok, p.prometheus, p.traefik]
+    need += [p.helm] if helm else []
     return [str(x) for x in need if not x.is_file()]
 
 
@@ -261,7 +306,7 @@ def install_all(only: list[str] | None = None, echo: bool = True) -> None:
         builds = bench_tools()
         only = None
     else:
-        builds = [kubernetes(logs / "k8s.log"), *others()]
+        builds = [kubernetes(logs / "k8s.log"), *others(), traefik(logs / "traefik.log")]
     for module, version in SOURCES if not only and builds[0].name == "k8s" else ():
         if echo:
             print(f"{module} {version}: sources in {module_dir(module, version)}", flush=True)
