@@ -173,3 +173,5 @@ class Steady:
         self.stop.set()
         for t in self.threads:
             t.join(30)
+        for c in self.clients:
+            c.close()
