@@ -176,6 +176,21 @@ def others() -> list[GoBinary]:
         GoBinary("kwok", "sigs.k8s.io/kwok", versions.KWOK, ("sigs.k8s.io/kwok/cmd/kwok",)),
         GoBinary("helm", "helm.sh/helm/v3", versions.HELM, ("helm.sh/helm/v3/cmd/helm",), helm_ld),
         prometheus(),
+        *storage(),
+    ]
+
+
+def storage() -> list[GoBinary]:
+    """The object store and the registry that `s3://` and `oci://` models come from."""
+    return [
+        GoBinary("minio", "github.com/minio/minio", versions.MINIO, ("github.com/minio/minio",)),
+        GoBinary(
+            "registry",
+            "github.com/distribution/distribution/v3",
+            versions.DISTRIBUTION,
+            ("github.com/distribution/distribution/v3/cmd/registry",),
+            "-s -w -X github.com/distribution/distribution/v3/version.version=" + versions.DISTRIBUTION,
+        ),
     ]
 
 
@@ -254,6 +269,8 @@ class Paths:
     helm: Path
     prometheus: Path
     traefik: Path
+    minio: Path
+    registry: Path
 
 
 def paths() -> Paths:
@@ -265,6 +282,8 @@ def paths() -> Paths:
         helm=b / f"helm-{versions.HELM}" / "helm",
         prometheus=b / f"prometheus-{versions.PROMETHEUS}" / "prometheus",
         traefik=b / f"traefik-{versions.TRAEFIK}" / "traefik",
+        minio=b / f"minio-{versions.MINIO}" / "minio",
+        registry=b / f"registry-{versions.DISTRIBUTION}" / "registry",
     )
 
 

@@ -14,6 +14,11 @@ PROMETHEUS = "v0.316.0"
 # proxy refuses.
 TRAEFIK = "v3.6.12"  # github.com/traefik/traefik/v3
 
+# Model storage servers (issue 15): an S3-compatible object store and an OCI registry.
+# github.com/minio/minio has no tags; the proxy serves pseudo-versions only.
+MINIO = "v0.0.0-20260212201848-7aac2a2c5b7c"
+DISTRIBUTION = "v3.1.2"  # github.com/distribution/distribution/v3 (cmd/registry)
+
 # Load clients of bench/runtime_vs_peers.py (built only on request: `install bench`).
 VEGETA = "v12.13.0"  # github.com/tsenart/vegeta/v12, HTTP
 GHZ = "v0.93.0"  # github.com/bojand/ghz, gRPC
