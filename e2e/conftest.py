@@ -81,6 +81,14 @@ class RunningBed:
     def prometheus_url(self) -> str:
         return bed.Bed(self.state).prometheus_url()
 
+    @property
+    def gateway_url(self) -> str:
+        return bed.Bed(self.state).gateway_url()
+
+    @property
+    def gateway_grpc(self) -> str:
+        return bed.Bed(self.state).gateway_grpc()
+
     def kube(self) -> Kube:
         return Kube(self.kubeconfig)
 

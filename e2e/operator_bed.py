@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from kinfer_dev.local import OperatorProcess, install, install_gateway_api, make_model, operator_kubeconfig
+from kinfer_dev.testbed.gateway import NAMESPACE as GATEWAY_NAMESPACE
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = Path("/tmp/kinfer-e2e-models")
@@ -77,7 +78,11 @@ class Setup:
         return self.operator
 
     def start_operator(self, log_name: str, *args: str) -> OperatorProcess:
-        env = {"KINFER_PROMETHEUS_URL": self.testbed.prometheus_url, "KINFER_AUTOSCALE_INTERVAL_SECONDS": "3"}
+        env = {
+            "KINFER_PROMETHEUS_URL": self.testbed.prometheus_url,
+            "KINFER_AUTOSCALE_INTERVAL_SECONDS": "3",
+            "KINFER_GATEWAY_NAMESPACE": GATEWAY_NAMESPACE,  # the test bed's Gateway (Traefik)
+        }
         return OperatorProcess(self.kubeconfig, self.logs / log_name, list(args), env=env).start()
 
     def apply(self, namespace: str, doc: dict[str, Any]) -> str:
@@ -100,7 +105,7 @@ class Setup:
 def setup(testbed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     logs = tmp_path_factory.mktemp("operator")
     install(testbed.kubeconfig)
-    # HTTPRoute served: the operator detects it and renders routes (no Gateway controller runs).
+    # The test bed installed the Gateway API CRDs and runs Traefik; applying them again is a no-op.
     install_gateway_api(testbed.kubeconfig)
     kubeconfig = operator_kubeconfig(testbed.kubeconfig, logs / "operator.kubeconfig")
     model = make_model(MODELS / "mlp")

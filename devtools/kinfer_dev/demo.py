@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from kinfer_dev import local
-from kinfer_dev.testbed import bed, install
+from kinfer_dev import local, traffic
+from kinfer_dev.testbed import bed, gateway, install
 from kinfer_dev.testbed.procs import stop
 
 NAMESPACE = "kinfer-demo"
@@ -95,7 +95,8 @@ def up(state: Path, canary: bool, echo: Echo, timeout: float = 240, step_seconds
         op_config = local.operator_kubeconfig(kubeconfig, work / "operator.kubeconfig")
         operator = local.OperatorProcess(
             op_config, work / "operator.log", ["--standalone"],
-            env={"KINFER_PROMETHEUS_URL": current.prometheus_url()},
+            env={"KINFER_PROMETHEUS_URL": current.prometheus_url(),
+                 "KINFER_GATEWAY_NAMESPACE": gateway.NAMESPACE},
         ).start()  # fmt: skip
         current.record_client(operator.as_proc(OPERATOR_CLIENT))
         echo(f"kinfer demo: operator started (pid {operator.pid}, log {work / 'operator.log'})")
@@ -119,8 +120,8 @@ def up(state: Path, canary: bool, echo: Echo, timeout: float = 240, step_seconds
         echo(local.kubectl(kubeconfig, "describe", "kisvc", NAME, "-n", NAMESPACE, check=False).stdout)
         echo(f"operator log: {work / 'operator.log'}")
         return False
-    echo(_first_inference(kubeconfig))
-    if canary and not walk_canary(kubeconfig, work, echo, step_seconds):
+    echo(_first_inference(current.gateway_url()))
+    if canary and not walk_canary(kubeconfig, current.gateway_url(), work, echo, step_seconds):
         return False
     echo(
         f"""
@@ -152,39 +153,34 @@ def _apply(kubeconfig: Path, isvc: dict[str, Any]) -> None:
 
 
 class Traffic:
-    """Bounded load on one InferenceService's ready pods, spread over them as kube-proxy would
-    spread a Service's connections; counts the answers by track."""
+    """Bounded load on one InferenceService through the test bed's Gateway (Traefik), as a client
+    outside the cluster sends it; answers are counted by the canary weight in status at the time
+    and by the track that answered (the `kinfer-track` header)."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, name: str, clients: int = 4) -> None:
-        self.kubeconfig, self.namespace, self.name, self.clients = kubeconfig, namespace, name, clients
-        self.pods: dict[str, str] = {}  # ready pod IP -> track
+    def __init__(self, gateway_url: str, namespace: str, name: str, clients: int = 4) -> None:
+        self.clients = [traffic.HttpClient(gateway_url, name, namespace, timeout=5) for _ in range(clients)]
         self.answered: Counter[str] = Counter()
+        self.by_weight: dict[int, Counter[str]] = {}
+        self.weight: int | None = None  # set by the caller while a step is steady
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
 
-    def _refresh(self) -> None:
-        while not self.stop.wait(1):
-            pods = local.ready_pod_tracks(self.kubeconfig, self.namespace, self.name)
-            if pods is not None:
-                self.pods = pods
-
-    def _client(self, index: int) -> None:
+    def _client(self, client: traffic.HttpClient) -> None:
         while not self.stop.is_set():
-            ips = sorted(self.pods)
-            if not ips:
-                self.stop.wait(0.5)
-                continue
-            ip = ips[index % len(ips)]
-            index += 1
-            code, _ = local.infer(ip, self.name, timeout=5)
-            self.answered[f"{self.pods.get(ip, '?')} {code or 'no answer'}"] += 1
+            weight = self.weight
+            code, track, _ = client.infer()
+            self.answered[f"{track or '-'} {code if code != '0' else 'no answer'}"] += 1
+            if weight is not None and track is not None:
+                self.by_weight.setdefault(weight, Counter())[track] += 1
             self.stop.wait(0.03)  # about 30 requests/s per client at most
 
+    def share(self, weight: int) -> str:
+        seen = self.by_weight.get(weight, Counter())
+        total = sum(seen.values())
+        return f"{100 * seen['canary'] / total:.1f}% of {total}" if total else "no requests"
+
     def __enter__(self) -> Traffic:
-        self.threads = [threading.Thread(target=self._refresh, daemon=True)]
-        self.threads += [
-            threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(self.clients)
-        ]
+        self.threads = [threading.Thread(target=self._client, args=(c,), daemon=True) for c in self.clients]
         for t in self.threads:
             t.start()
         return self
@@ -193,9 +189,11 @@ class Traffic:
         self.stop.set()
         for t in self.threads:
             t.join(10)
+        for c in self.clients:
+            c.close()
 
 
-def walk_canary(kubeconfig: Path, work: Path, echo: Echo, step_seconds: int) -> bool:
+def walk_canary(kubeconfig: Path, gateway_url: str, work: Path, echo: Echo, step_seconds: int) -> bool:
     """Apply examples/gpu-canary.yaml and print its rollout, step by step, as it happens."""
     stable = local.make_model(work / "models" / "ranker-7", seed=0)
     canary = local.make_model(work / "models" / "ranker-8", seed=1)
@@ -210,7 +208,8 @@ def walk_canary(kubeconfig: Path, work: Path, echo: Echo, step_seconds: int) -> 
     # Every step waits for its analysis window (30 s at least) and the operator's 10 s timer.
     deadline = time.monotonic() + 180 + len(steps) * (max(step_seconds, 30) + 30)
     start, last, outcome = time.monotonic(), None, ""
-    with Traffic(kubeconfig, namespace, name) as traffic:
+    shown: set[int] = set()
+    with Traffic(gateway_url, namespace, name) as load:
         while time.monotonic() < deadline and not outcome:
             out = local.kubectl(kubeconfig, "get", "kisvc", name, "-n", namespace, "-o", "json", check=False)
             state = (
@@ -218,6 +217,12 @@ def walk_canary(kubeconfig: Path, work: Path, echo: Echo, step_seconds: int) -> 
                 if out.returncode == 0
                 else {}
             )
+            steady = state.get("phase") == "Progressing" and state.get("appliedBy") == "HTTPRoute"
+            load.weight = int(state["weight"]) if steady else None
+            for weight in sorted(set(load.by_weight) - shown):
+                if weight != load.weight:  # a step that is over: its share is final
+                    shown.add(weight)
+                    echo(f"         weight {weight:3d}%: canary answered {load.share(weight)} requests")
             seen = (state.get("summary"), state.get("handedOver"), state.get("message"))
             if state and seen != last:
                 last = seen
@@ -226,8 +231,10 @@ def walk_canary(kubeconfig: Path, work: Path, echo: Echo, step_seconds: int) -> 
             if state.get("phase") == "Failed" or state.get("handedOver"):
                 outcome = state["phase"]
             time.sleep(2)
-        answered = ", ".join(f"{k}: {v}" for k, v in sorted(traffic.answered.items()))
-    echo(f"  requests answered (track, HTTP status): {answered}")
+        answered = ", ".join(f"{k}: {v}" for k, v in sorted(load.answered.items()))
+    for weight in sorted(set(load.by_weight) - shown):
+        echo(f"         weight {weight:3d}%: canary answered {load.share(weight)} requests")
+    echo(f"  requests through the gateway (track, HTTP status): {answered}")
     for args in (("get", "kisvc", "-n", namespace), ("get", "deployments", "-n", namespace)):
         echo(f"\n$ kubectl {' '.join(args)}")
         echo(local.kubectl(kubeconfig, *args, check=False).stdout.rstrip())
@@ -241,20 +248,21 @@ def walk_canary(kubeconfig: Path, work: Path, echo: Echo, step_seconds: int) -> 
     return True
 
 
-def _first_inference(kubeconfig: Path) -> str:
-    """One Open Inference Protocol v2 request to a ready pod, shown as a user would send it."""
-    pods = json.loads(
-        local.kubectl(kubeconfig, "get", "pods", "-n", NAMESPACE, "-l", f"kinfer.dev/isvc={NAME}",
-                      "-o", "json").stdout
-    )["items"]  # fmt: skip
-    ips = [p["status"]["podIP"] for p in pods if p.get("status", {}).get("podIP")]
-    if not ips:
-        return "kinfer demo: no pod IP to send a request to"
-    url = f"http://{ips[0]}:8080/v2/models/{NAME}/infer"
-    code, answer = local.infer(ips[0], NAME)
-    if code != 200:
-        return f"kinfer demo: POST {url} answered {code or 'nothing'}: {answer}"
-    return f"\n$ curl -X POST {url} -d '{json.dumps(local.MLP_REQUEST)}'\n{answer}"
+def _first_inference(gateway_url: str) -> str:
+    """One Open Inference Protocol v2 request through the Gateway, shown as a user would send it."""
+    host = traffic.host(NAME, NAMESPACE)
+    url = f"{gateway_url}/v2/models/{NAME}/infer"
+    client = traffic.HttpClient(gateway_url, NAME, NAMESPACE)
+    deadline = time.monotonic() + 30  # the gateway sees the new route within seconds
+    code, track, error = client.infer()
+    while code != "200" and time.monotonic() < deadline:
+        time.sleep(1)
+        code, track, error = client.infer()
+    client.close()
+    if code != "200":
+        return f"kinfer demo: POST {url} (Host: {host}) answered {code}: {error}"
+    body = traffic.MLP_BODY.decode()
+    return f"\n$ curl -H 'Host: {host}' -X POST {url} -d '{body}'\n200 (kinfer-track: {track})"
 
 
 def down(state: Path, echo: Echo) -> None:

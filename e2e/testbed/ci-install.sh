@@ -2,7 +2,7 @@
 # Install everything the test bed needs on a fresh machine: Debian packages (iproute2 for
 # network namespaces, openssl for certificates) and the binaries built from the Go module proxy
 # (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kwok, helm,
-# prometheus) into ${KINFER_CACHE:-~/.cache/kinfer}. Idempotent; seconds when cached.
+# prometheus, traefik) into ${KINFER_CACHE:-~/.cache/kinfer}. Idempotent; seconds when cached.
 # Usage (as root): bash e2e/testbed/ci-install.sh        PYTHON defaults to python3.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)

@@ -25,6 +25,7 @@ ISVC_LABEL = "kinfer.dev/isvc"
 # Every kind render() can produce, in the order objects are pruned (dependents first).
 OWNED_KINDS: tuple[tuple[str, str], ...] = (
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+    ("gateway.networking.k8s.io/v1", "GRPCRoute"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
@@ -172,6 +173,13 @@ class Cluster:
 
     def pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
         return self._labelled("v1", "Pod", namespace, name)
+
+    def http_route(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The InferenceService's HTTPRoute with its status (None without Gateway API)."""
+        if not self.installed("gateway.networking.k8s.io/v1", "HTTPRoute"):
+            return None
+        routes = self._labelled("gateway.networking.k8s.io/v1", "HTTPRoute", namespace, name)
+        return next((r for r in routes if r["metadata"]["name"] == name), None)
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self._resource(api.API_VERSION, api.KIND).status.patch(

@@ -110,7 +110,7 @@ def validate(stream: TextIO, output: str) -> None:
 @click.option(
     "--gateway-api/--no-gateway-api",
     default=None,
-    help="Render HTTPRoutes for canary and A/B traffic (overrides the config).",
+    help="Render an HTTPRoute and a GRPCRoute per service (overrides the config).",
 )
 def render(stream: TextIO, config_path: str | None, gateway_api: bool | None) -> None:
     """Print the Kubernetes objects the operator would apply, as a YAML stream."""

@@ -243,8 +243,9 @@ def rollout_timer(
         if isvc is None:
             return
         deployments = runtime.cluster.deployments(namespace, name)
+        route = runtime.cluster.http_route(namespace, name)
         try:
-            result = rollout.tick(isvc, runtime.source, deployments, datetime.now(UTC))
+            result = rollout.tick(isvc, runtime.source, deployments, datetime.now(UTC), route)
         except Exception:
             metrics.ERRORS.labels("rollout").inc()
             raise

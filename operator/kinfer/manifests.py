@@ -49,7 +49,7 @@ OWNED_RULES: list[dict[str, Any]] = [
     },
     {
         "apiGroups": ["gateway.networking.k8s.io"],
-        "resources": ["httproutes"],
+        "resources": ["httproutes", "grpcroutes"],
         "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
     {

@@ -14,12 +14,16 @@ from kinfer.api.v1alpha1 import Toleration
 
 
 class GatewayRef(BaseModel):
-    """The Gateway that HTTPRoutes for canary and A/B traffic attach to."""
+    """The Gateway that each InferenceService's HTTPRoute and GRPCRoute attach to."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
     name: str = "kinfer"
     namespace: str = ""
+    """Empty: the InferenceService's own namespace."""
+
+    domain: str = "kinfer.local"
+    """The routes match the host name NAME.NAMESPACE.DOMAIN (HTTP Host, gRPC :authority)."""
 
 
 class OperatorConfig(BaseModel):
@@ -34,8 +38,9 @@ class OperatorConfig(BaseModel):
     """Image for runtime.server triton when the spec leaves runtime.image empty."""
 
     gateway_api: bool | None = None
-    """Render HTTPRoutes for canary weights and A/B headers. None: when the cluster serves the
-    HTTPRoute kind (Gateway API installed); True/False: always/never."""
+    """Render an HTTPRoute and a GRPCRoute per InferenceService (canary weights, A/B headers).
+    None: when the cluster serves the HTTPRoute kind (Gateway API installed); True/False:
+    always/never."""
 
     gateway: GatewayRef = GatewayRef()
 
@@ -68,6 +73,7 @@ _ENV_FIELDS = {
     "MODEL_CACHE_DIR": "model_cache_dir",
     "MODEL_CACHE_MAX_BYTES": "model_cache_max_bytes",
 }
+_ENV_GATEWAY = {"GATEWAY_NAME": "name", "GATEWAY_NAMESPACE": "namespace", "GATEWAY_DOMAIN": "domain"}
 
 
 def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -82,4 +88,7 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
     for suffix, field in _ENV_FIELDS.items():
         if ENV_PREFIX + suffix in environ:
             values[to_camel(field)] = environ[ENV_PREFIX + suffix]
+    for suffix, field in _ENV_GATEWAY.items():
+        if ENV_PREFIX + suffix in environ:
+            values["gateway"] = {**values.get("gateway", {}), field: environ[ENV_PREFIX + suffix]}
     return OperatorConfig.model_validate(values)

@@ -43,7 +43,7 @@ async def serve(settings: Settings) -> int:
     name = settings.model_name or Path(directory).name
     metrics = RuntimeMetrics(name)
     _fetch_report(Path(directory), metrics)
-    plane = DataPlane(name, settings.model_version, sig)
+    plane = DataPlane(name, settings.model_version, sig, track=settings.track)
     if settings.request_timeout_ms > 0:
         plane.default_timeout_s = settings.request_timeout_ms / 1000
     shadow = None

@@ -32,6 +32,7 @@ class Settings:
     shadow_url: str = ""  # empty: no shadowing (canary drift check off)
     shadow_rate: float = 1.0  # shadow requests per second, at most
     shadow_timeout_ms: float = 5000.0
+    track: str = ""  # named in each inference answer's kinfer-track header
 
 
 _HELP = {
@@ -61,6 +62,8 @@ _HELP = {
     "the answers compared in kinfer_shadow_* metrics (empty = off)",
     "shadow_rate": "most shadow requests per second (> 0; token bucket, burst 1)",
     "shadow_timeout_ms": "timeout of one shadow request (> 0)",
+    "track": "the rollout track this server is (stable, canary), sent as the kinfer-track header / "
+    "gRPC metadata of every inference answer (empty = no such header)",
 }
 
 

@@ -49,9 +49,7 @@ def specs(draw: st.DrawFn) -> dict[str, Any]:
         },
         "resources": {
             "gpu": gpu,
-            "gpuProduct": draw(st.sampled_from(["", "NVIDIA-L4", "NVIDIA-A100-SXM4-80GB"]))
-            if gpu
-            else "",
+            "gpuProduct": draw(st.sampled_from(["", "NVIDIA-L4", "NVIDIA-A100-SXM4-80GB"])) if gpu else "",
             "cpu": draw(QUANTITIES),
             "memory": draw(QUANTITIES),
         },
@@ -77,9 +75,7 @@ def specs(draw: st.DrawFn) -> dict[str, Any]:
 
 @settings(max_examples=250, deadline=None)
 @given(isvc=specs(), gateway_api=st.booleans())
-def test_valid_specs_render_to_valid_deterministic_objects(
-    isvc: dict[str, Any], gateway_api: bool
-) -> None:
+def test_valid_specs_render_to_valid_deterministic_objects(isvc: dict[str, Any], gateway_api: bool) -> None:
     assert problems(isvc) == []
     config = OperatorConfig(gateway_api=gateway_api)
     objects = render(isvc, config)
@@ -91,7 +87,7 @@ def test_valid_specs_render_to_valid_deterministic_objects(
         assert labels["kinfer.dev/isvc"] == name
         assert labels["app.kubernetes.io/managed-by"] == "kinfer"
         assert obj["metadata"]["namespace"] == isvc["metadata"]["namespace"]
-        if obj["kind"] != "HTTPRoute":
+        if obj["kind"] not in ("HTTPRoute", "GRPCRoute"):
             k8s_validate(obj)
         if obj["kind"] == "Deployment":
             limits = obj["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]

@@ -124,9 +124,9 @@ def test_httproute_follows_whether_the_cluster_serves_gateway_api() -> None:
     cluster = FakeCluster(load(ROOT / "examples" / "gpu-canary.yaml"))
     reconcile(cluster, CONFIG, "search", "ranker", T0)
     assert ("HTTPRoute", "ranker") not in cluster.objects
-    cluster.served.add("HTTPRoute")
+    cluster.served |= {"HTTPRoute", "GRPCRoute"}
     reconcile(cluster, CONFIG, "search", "ranker", T0)
-    assert ("HTTPRoute", "ranker") in cluster.objects
+    assert {("HTTPRoute", "ranker"), ("GRPCRoute", "ranker")} <= set(cluster.objects)
     forced_off = CONFIG.model_copy(update={"gateway_api": False})
     outcome = reconcile(cluster, forced_off, "search", "ranker", T0)
-    assert ("HTTPRoute", "ranker") in outcome.deleted
+    assert {("HTTPRoute", "ranker"), ("GRPCRoute", "ranker")} <= set(outcome.deleted)

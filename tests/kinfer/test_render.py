@@ -47,7 +47,7 @@ def test_golden(example: Path) -> None:
 def test_examples_validate_against_kubernetes_schemas(example: Path) -> None:
     objects = render(load(example), FULL)
     builtin = [o for o in objects if o["kind"] in BUILTIN_KINDS]
-    assert {o["kind"] for o in objects} - BUILTIN_KINDS <= {"HTTPRoute", "ServiceMonitor"}
+    assert {o["kind"] for o in objects} - BUILTIN_KINDS <= {"HTTPRoute", "GRPCRoute", "ServiceMonitor"}
     for obj in builtin:
         k8s_validate(obj)
 
@@ -113,16 +113,34 @@ def test_hpa_mode_leaves_replicas_to_the_hpa() -> None:
 
 def test_ab_header_routes_by_header() -> None:
     objects = render(load(ROOT / "examples" / "ab-header.yaml"), FULL)
-    (route,) = _by_kind(objects, "HTTPRoute")
-    first, default = route["spec"]["rules"]
-    assert first["matches"][0]["headers"] == [{"type": "Exact", "name": "x-model-variant", "value": "b"}]
-    assert first["backendRefs"][0]["name"] == "recommender-canary"
-    assert default["backendRefs"][0]["name"] == "recommender-stable"
+    for kind, port in (("HTTPRoute", 8080), ("GRPCRoute", 8081)):
+        (route,) = _by_kind(objects, kind)
+        first, default = route["spec"]["rules"]
+        assert first["matches"][0]["headers"] == [{"type": "Exact", "name": "x-model-variant", "value": "b"}]
+        assert first["backendRefs"] == [{"name": "recommender-canary", "port": port}]
+        assert default == {"backendRefs": [{"name": "recommender-stable", "port": port}]}
     assert {s["metadata"]["name"] for s in _by_kind(objects, "Service")} == {
         "recommender",
         "recommender-stable",
         "recommender-canary",
     }
+
+
+def test_every_service_gets_an_http_and_a_grpc_route_on_its_own_host() -> None:
+    config = OperatorConfig(
+        gateway_api=True, gateway={"name": "edge", "namespace": "gw", "domain": "ml.example"}
+    )
+    objects = render(load(ROOT / "examples" / "minimal.yaml"), config)
+    routes = _by_kind(objects, "HTTPRoute") + _by_kind(objects, "GRPCRoute")
+    assert [r["kind"] for r in routes] == ["HTTPRoute", "GRPCRoute"]
+    for route, port in zip(routes, (8080, 8081), strict=True):
+        spec = route["spec"]
+        parent = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "edge", "namespace": "gw"}
+        assert spec["parentRefs"] == [parent]
+        assert spec["hostnames"] == ["iris.default.ml.example"]
+        # No canary: the one Service, no weights.
+        assert spec["rules"] == [{"backendRefs": [{"name": "iris", "port": port}]}]
+    assert [s["metadata"]["name"] for s in _by_kind(objects, "Service")] == ["iris"]
 
 
 def test_canary_weight_follows_status() -> None:
@@ -132,8 +150,9 @@ def test_canary_weight_follows_status() -> None:
         "canary": {"phase": "Progressing", "step": 2, "weight": 50},
     }
     objects = render(isvc, FULL)
-    (route,) = _by_kind(objects, "HTTPRoute")
-    assert [b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]] == [50, 50]
+    for kind in ("HTTPRoute", "GRPCRoute"):
+        (route,) = _by_kind(objects, kind)
+        assert [b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]] == [50, 50]
     replicas = [d["spec"]["replicas"] for d in _by_kind(objects, "Deployment")]
     assert replicas == [2, 2]
     isvc["status"]["canary"]["phase"] = "Failed"

@@ -158,3 +158,47 @@ def test_the_step_at_100_percent_is_judged_without_drift() -> None:
     isvc = _progressing_with_drift(step=3, weight=100)
     result = tick(isvc, Answers(*HEALTHY, ("kinfer_shadow", 0.0)), [_canary_deployment(1)], T0)
     assert result.status_patch["canary"]["phase"] == "Promoting"
+
+
+def _deployment(name: str, replicas: int, ready: int) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "generation": 1},
+        "spec": {"replicas": replicas, "template": {"metadata": {"annotations": {}}}},
+        "status": {"observedGeneration": 1, "readyReplicas": ready},
+    }
+
+
+def _route(stable: int, canary: int, accepted: bool) -> dict[str, Any]:
+    backends = [{"name": "ranker-stable", "weight": stable}, {"name": "ranker-canary", "weight": canary}]
+    status = "True" if accepted else "False"
+    parents = [{"parentRef": {"name": "kinfer"}, "conditions": [{"type": "Accepted", "status": status}]}]
+    return {"spec": {"rules": [{"backendRefs": backends}]}, "status": {"parents": parents}}
+
+
+def test_the_step_event_and_status_say_the_weight_the_route_applies() -> None:
+    isvc = _isvc()
+    tracks = [_deployment("ranker", 1, 1), _deployment("ranker-canary", 1, 1)]
+    isvc["status"] = dict(tick(isvc, DownSource(), tracks, T0).status_patch)  # Pending
+    result = tick(isvc, DownSource(), tracks, T0 + timedelta(seconds=10), _route(100, 0, accepted=True))
+    canary = result.status_patch["canary"]
+    assert (canary["phase"], canary["weight"]) == ("Progressing", 10)
+    # The route still says 0 %: the re-render that sets 10 % follows this tick.
+    assert (canary["appliedWeight"], canary["appliedBy"]) == (0, "HTTPRoute")
+    (step,) = [e for e in result.events if e.reason == "CanaryStep"]
+    assert step.message.endswith("10% of traffic to the canary (HTTPRoute and GRPCRoute weight 10%)")
+    isvc["status"].update(result.status_patch)
+    later = tick(isvc, DownSource(), tracks, T0 + timedelta(seconds=20), _route(90, 10, accepted=True))
+    assert later.status_patch["canary"]["appliedWeight"] == 10
+
+
+def test_without_an_accepted_route_the_pods_decide_and_the_event_says_so() -> None:
+    isvc = _isvc()
+    tracks = [_deployment("ranker", 1, 1), _deployment("ranker-canary", 1, 1)]
+    isvc["status"] = dict(tick(isvc, DownSource(), tracks, T0).status_patch)
+    # Stored but accepted by no Gateway: weights do nothing; 1 canary pod of 2 takes half.
+    result = tick(isvc, DownSource(), tracks, T0 + timedelta(seconds=10), _route(90, 10, accepted=False))
+    canary = result.status_patch["canary"]
+    assert (canary["weight"], canary["appliedWeight"], canary["appliedBy"]) == (10, 50, "replicas")
+    (step,) = [e for e in result.events if e.reason == "CanaryStep"]
+    assert "no Gateway has accepted the HTTPRoute" in step.message
+    assert step.message.endswith("1 canary of 2 = 50%"), step.message

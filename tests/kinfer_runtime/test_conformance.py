@@ -176,3 +176,40 @@ def test_torch_export_archive(model_root: Path, logs_dir: Path) -> None:
         )
     finally:
         assert server.stop() == 0
+
+
+def test_every_inference_answer_names_its_track_and_model_version(model_root: Path, logs_dir: Path) -> None:
+    import http.client
+    import json
+
+    server = start_server(
+        model_root / "mlp", logs_dir, "--model-version", "7", env={"KINFER_TRACK": "canary"}
+    )
+    try:
+        body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, MLP_IN],
+                                       "data": [0.0] * MLP_IN}]})  # fmt: skip
+        host, port = server.http.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        # An answer and a refused request (the shape does not match the data) alike.
+        for payload, code in ((body, 200), (body.replace(f"[1, {MLP_IN}]", "[1, 3]"), 400)):
+            conn.request("POST", "/v2/models/mlp/infer", payload, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            assert (resp.status, resp.getheader("kinfer-track")) == (code, "canary")
+            assert resp.getheader("kinfer-model-version") == "7"
+        conn.request("GET", "/v2/health/ready")
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.getheader("kinfer-track") is None  # inference answers only
+        conn.close()
+        req = pb.ModelInferRequest(model_name="mlp")
+        inp = req.inputs.add()
+        inp.name, inp.datatype = "x", "FP32"
+        inp.shape.extend([1, MLP_IN])
+        inp.contents.fp32_contents.extend([0.0] * MLP_IN)
+        with grpc.insecure_channel(server.grpc) as channel:
+            _, call = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer.with_call(req, timeout=10)
+        assert dict(call.initial_metadata())["kinfer-track"] == "canary"
+        assert dict(call.initial_metadata())["kinfer-model-version"] == "7"
+    finally:
+        assert server.stop() == 0

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kinfer_dev.testbed import certs, install, network, nodes, prometheus, storage, versions
+from kinfer_dev.testbed import certs, gateway, install, network, nodes, prometheus, storage, versions
 from kinfer_dev.testbed.kube import Kube, KubeError
 from kinfer_dev.testbed.procs import Proc, log_tail, spawn, stop
 
 # Stopped in this order by `down` (reverse of start).
 ORDER = (
+    "gateway",
     "launcher",
     "registry",
     "minio",
@@ -130,10 +131,19 @@ class Bed:
     def prometheus_url(self) -> str:
         return f"http://127.0.0.1:{self.load()['ports']['prometheus']}"
 
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.load()['ports']['gateway-http']}"
+
+    def gateway_grpc(self) -> str:
+        return f"127.0.0.1:{self.load()['ports']['gateway-grpc']}"
+
     def env_lines(self) -> str:
         return (
             f"export KUBECONFIG={self.kubeconfig}\n"
             f"export KINFER_PROMETHEUS_URL={self.prometheus_url()}\n"
+            f"export KINFER_GATEWAY_URL={self.gateway_url()}\n"
+            f"export KINFER_GATEWAY_GRPC={self.gateway_grpc()}\n"
+            f"export KINFER_GATEWAY_NAMESPACE={gateway.NAMESPACE}\n"
             f"export KINFER_TESTBED_STATE={self.state}\n"
             f"export PATH={install.paths().k8s}:{install.paths().helm.parent}:$PATH\n"
             + storage.env_lines(self.state, self.load()["ports"])
@@ -348,6 +358,9 @@ def up(state: Path, echo: Callable[[str], None] = print) -> Bed:
         "kube-scheduler",
         "kwok",
         "prometheus",
+        "gateway-http",
+        "gateway-grpc",
+        "gateway-admin",
     )
     if storage.installed():
         names += storage.PORTS
@@ -362,7 +375,8 @@ def up(state: Path, echo: Callable[[str], None] = print) -> Bed:
 
     def start(name: str, env: dict[str, str] | None = None) -> Proc:
         log = state / "logs" / f"{name}.log"
-        proc = spawn(name, _argv(name, state, ports), log, env=env, cwd=state)
+        argv = gateway.argv(state, ports) if name == "gateway" else _argv(name, state, ports)
+        proc = spawn(name, argv, log, env=env, cwd=state)
         data["procs"].append(proc.as_dict())
         bed.save(data)  # record at once: a failed `up` can still be taken down
         return proc
@@ -405,6 +419,15 @@ def up(state: Path, echo: Callable[[str], None] = print) -> Bed:
             _wait(name, check, started[name], log(name), 60)
         _wait("nodes Ready", lambda: _nodes_ready(bed), started["kwok"], log("kwok"), 60)
         _wait("default service account", lambda: _default_sa(bed), None, None, 60)
+        kube = Kube(bed.kubeconfig)
+        token = gateway.prepare(kube)
+        _wait("Gateway API CRDs established", lambda: gateway.established(kube), None, None, 60)
+        gateway.write_config(state, ports, token)
+        traefik = start("gateway")
+        admin = f"http://127.0.0.1:{ports['gateway-admin']}/ping"
+        _wait("gateway (traefik)", lambda: _get(admin), traefik, log("gateway"), 60)
+        gateway.create_all(kube, gateway.gateway_objects(ports["gateway-http"], ports["gateway-grpc"]))
+        _wait("Gateway Programmed", lambda: gateway.programmed(kube), traefik, log("gateway"), 60)
     except BaseException:
         down(state, echo=lambda _: None, keep_logs=True)
         raise
@@ -452,12 +475,14 @@ def down(state: Path, echo: Callable[[str], None] = print, keep_logs: bool = Fal
     # Clients first (the demo's operator), while the API server still answers their last calls.
     stop(bed.clients(), grace=10)
     _rmtree(bed.clients_dir)
+    if "gateway" in by_name:  # no new requests into pods that are about to stop
+        stop([by_name["gateway"]], grace=5)
     # The launcher stops its pods itself on SIGTERM; give it time for their grace periods.
     if "launcher" in by_name:
         stop([by_name["launcher"]], grace=15)
     stop(_pod_procs(state), grace=2)  # whatever a killed launcher left behind
     network.cleanup_all(state / "netns")
-    for name in ORDER[1:]:
+    for name in ORDER[2:]:
         if name in by_name:
             stop([by_name[name]], grace=10)
     active = active_state()
@@ -469,6 +494,7 @@ def down(state: Path, echo: Callable[[str], None] = print, keep_logs: bool = Fal
             _rmtree(state / sub)
     bed.record.unlink(missing_ok=True)
     (state / "env").unlink(missing_ok=True)
+    (state / "traefik.yml").unlink(missing_ok=True)  # holds a token of the gateway's ServiceAccount
     (state / "launcher.ready").unlink(missing_ok=True)
     echo(f"test bed in {state} stopped ({len(procs)} processes)")
 

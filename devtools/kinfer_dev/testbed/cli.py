@@ -36,7 +36,7 @@ def dev() -> None:
     \b
     kinfer dev install          # once; builds into ~/.cache/kinfer (cold: many minutes)
     kinfer dev up               # seconds once installed
-    eval "$(kinfer dev env)"    # KUBECONFIG, KINFER_PROMETHEUS_URL, PATH (kubectl, helm)
+    eval "$(kinfer dev env)"    # KUBECONFIG, KINFER_PROMETHEUS_URL, KINFER_GATEWAY_URL/_GRPC, PATH
     kinfer dev down
     """
 
@@ -45,13 +45,13 @@ def dev() -> None:
 @click.option(
     "--only",
     multiple=True,
-    type=click.Choice(["k8s", "etcd", "kwok", "helm", "prometheus"]),
+    type=click.Choice(["k8s", "etcd", "kwok", "helm", "prometheus", "traefik"]),
     help="Build only these (repeatable).",
 )
 def install_cmd(only: tuple[str, ...]) -> None:
     """Build the test bed's binaries from the Go module proxy into ~/.cache/kinfer/bin.
 
-    Kubernetes, etcd, kwok, helm and Prometheus at the versions pinned in
+    Kubernetes, etcd, kwok, helm, Prometheus and Traefik at the versions pinned in
     kinfer_dev/testbed/versions.py; a binary already in the cache is not rebuilt. Needs the `go`
     toolchain. KINFER_CACHE overrides the cache directory.
     """
@@ -114,8 +114,9 @@ def status_cmd(state: Path | None) -> None:
 def env_cmd(state: Path | None) -> None:
     """Print shell exports for the running test bed: eval "$(kinfer dev env)".
 
-    Exports KUBECONFIG, KINFER_PROMETHEUS_URL, KINFER_TESTBED_STATE and puts the test bed's
-    kubectl first on PATH.
+    Exports KUBECONFIG, KINFER_PROMETHEUS_URL, KINFER_GATEWAY_URL (the Gateway's HTTP
+    listener), KINFER_GATEWAY_GRPC (its gRPC listener, h2c), KINFER_GATEWAY_NAMESPACE,
+    KINFER_TESTBED_STATE, and puts the test bed's kubectl first on PATH.
     """
     b = bed.Bed(_state(state))
     if not b.running():

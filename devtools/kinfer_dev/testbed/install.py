@@ -194,6 +194,45 @@ def storage() -> list[GoBinary]:
     ]
 
 
+def traefik(log: Path) -> GoBinary:
+    """Traefik's go.mod has replace and exclude lines a dependency's go.mod does not carry over:
+    the wrapper copies them, with a local `./dir` replace pointed at the module cache's copy."""
+    v = versions.TRAEFIK
+    info = module_info("github.com/traefik/traefik/v3", v, log)
+    gomod = Path(info["GoMod"]).read_text()
+    extra = "\n".join(_directive_blocks(gomod, ("replace", "exclude")))
+    extra = re.sub(r"=>\s+\./(\S+)", lambda m: f"=> {info['Dir']}/{m.group(1)}", extra)
+    pkg = "github.com/traefik/traefik/v3/pkg/version"
+    return GoBinary(
+        "traefik",
+        "github.com/traefik/traefik/v3",
+        v,
+        ("github.com/traefik/traefik/v3/cmd/traefik",),
+        f"-s -w -X {pkg}.Version={v} -X {pkg}.Codename=kinfer",
+        extra_gomod=extra + "\n",
+    )
+
+
+def _directive_blocks(gomod: str, names: tuple[str, ...]) -> list[str]:
+    """The `name x` lines and `name ( ... )` blocks of a go.mod, verbatim."""
+    out: list[str] = []
+    lines = iter(gomod.splitlines())
+    for line in lines:
+        head = line.split("//")[0].strip()
+        if not head.startswith(names):
+            continue
+        if head.endswith("("):
+            block = [line]
+            for inner in lines:
+                block.append(inner)
+                if inner.strip() == ")":
+                    break
+            out.append("\n".join(block))
+        else:
+            out.append(line)
+    return out
+
+
 def prometheus() -> GoBinary:
     v = versions.PROMETHEUS
     minor, patch = v.removeprefix("v0.").split(".")
@@ -229,6 +268,7 @@ class Paths:
     kwok: Path
     helm: Path
     prometheus: Path
+    traefik: Path
     minio: Path
     registry: Path
 
@@ -241,6 +281,7 @@ def paths() -> Paths:
         kwok=b / f"kwok-{versions.KWOK}" / "kwok",
         helm=b / f"helm-{versions.HELM}" / "helm",
         prometheus=b / f"prometheus-{versions.PROMETHEUS}" / "prometheus",
+        traefik=b / f"traefik-{versions.TRAEFIK}" / "traefik",
         minio=b / f"minio-{versions.MINIO}" / "minio",
         registry=b / f"registry-{versions.DISTRIBUTION}" / "registry",
     )
@@ -269,7 +310,8 @@ def missing(helm: bool = True) -> list[str]:
     """Binaries not installed yet (helm is a tool for users, `up` does not need it)."""
     p = paths()
     need = [p.k8s / c for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler")]
-    need += [p.k8s / "kubectl", p.etcd, p.kwok, p.prometheus] + ([p.helm] if helm else [])
+    need += [p.k8s / "kubectl", p.etcd, p.kwok, p.prometheus, p.traefik]
+    need += [p.helm] if helm else []
     return [str(x) for x in need if not x.is_file()]
 
 
@@ -283,7 +325,7 @@ def install_all(only: list[str] | None = None, echo: bool = True) -> None:
         builds = bench_tools()
         only = None
     else:
-        builds = [kubernetes(logs / "k8s.log"), *others()]
+        builds = [kubernetes(logs / "k8s.log"), *others(), traefik(logs / "traefik.log")]
     for module, version in SOURCES if not only and builds[0].name == "k8s" else ():
         if echo:
             print(f"{module} {version}: sources in {module_dir(module, version)}", flush=True)

@@ -65,6 +65,9 @@ def container_env(pod: Obj, c: Obj) -> dict[str, str]:
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
     }
+    if os.environ.get("PYTHONPATH"):
+        # The launcher's code is the pods' code (a checkout on PYTHONPATH, not only the venv's).
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     for e in c.get("env", []):
         if "value" in e:
             env[e["name"]] = expand(e["value"], env)

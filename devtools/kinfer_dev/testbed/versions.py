@@ -10,6 +10,9 @@ HELM = "v3.21.4"  # helm.sh/helm/v3
 # github.com/prometheus/prometheus tags v3.X.Y as v0.3XX.Y; v0.316.0 is Prometheus 3.16.0.
 # (Debian bookworm's prometheus 2.42 is built without kubernetes_sd_configs: unusable.)
 PROMETHEUS = "v0.316.0"
+# The Gateway API data plane (Kubernetes Gateway provider). v3.7.x needs dependency versions the
+# proxy refuses.
+TRAEFIK = "v3.6.12"  # github.com/traefik/traefik/v3
 
 # Model storage servers (issue 15): an S3-compatible object store and an OCI registry.
 # github.com/minio/minio has no tags; the proxy serves pseudo-versions only.
@@ -22,7 +25,7 @@ GHZ = "v0.93.0"  # github.com/bojand/ghz, gRPC
 
 # Source-only modules (downloaded into the module cache at install, nothing built):
 # the Gateway API CRDs (config/crd/standard).
-GATEWAY_API = "v1.2.1"  # sigs.k8s.io/gateway-api
+GATEWAY_API = "v1.4.1"  # sigs.k8s.io/gateway-api (Traefik 3.6 watches BackendTLSPolicy: v1.4+)
 
 # The go line of the wrapper modules must be >= every dependency's go line.
 GO_LINE = "1.26.0"

@@ -541,7 +541,14 @@ class CanaryStatus(ApiModel):
     """Index of the current step in spec.rollout.canary.steps, from 0."""
 
     weight: int = 0
-    """Percent of traffic the canary gets now."""
+    """Percent of traffic the current step gives the canary (the routes' weight)."""
+
+    applied_weight: int = 0
+    """Percent of requests the canary really gets: the route's weight when a Gateway has accepted
+    the HTTPRoute, otherwise the canary's share of the ready pods behind the one Service."""
+
+    applied_by: str = ""
+    """What splits the traffic: HTTPRoute (a Gateway accepted the route) or replicas (none did)."""
 
     step_started_at: str = ""
     """When the current step began (RFC 3339)."""

@@ -119,6 +119,30 @@ def route_weight(canary: api.Canary, status: dict[str, Any]) -> int:
     return canary_weight(canary, status)
 
 
+def route_hostname(name: str, namespace: str, config: OperatorConfig) -> str:
+    """The host name the routes match: one per InferenceService, so routes never overlap."""
+    return f"{name}.{namespace}.{config.gateway.domain}"
+
+
+def route_rules(name: str, spec: api.InferenceServiceSpec, status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rules of both routes: the one Service; or the header match to the canary (A/B); or
+    the two tracks weighed by the canary weight."""
+    canary = spec.rollout.canary
+    if canary is None:
+        return [{"header": None, "backends": [{"service": name, "weight": None}]}]
+    stable, canary_service = f"{name}-stable", f"{name}-canary"
+    ab = spec.rollout.ab_test
+    if ab is not None:
+        return [
+            {"header": {"name": ab.header, "value": ab.value},
+             "backends": [{"service": canary_service, "weight": None}]},
+            {"header": None, "backends": [{"service": stable, "weight": None}]},
+        ]  # fmt: skip
+    weight = route_weight(canary, status)
+    backends = [{"service": stable, "weight": 100 - weight}, {"service": canary_service, "weight": weight}]
+    return [{"header": None, "backends": backends}]
+
+
 @dataclass(frozen=True)
 class ModelLocation:
     """The URI the server loads, the volumes that make it reachable, and what fetches it."""
@@ -353,9 +377,9 @@ def render(isvc: dict[str, Any], config: OperatorConfig) -> list[dict[str, Any]]
     ]
     services = [{"name": name, "labels": labels, "selector": isvc_selector}]
     canary = spec.rollout.canary
-    routed = canary is not None and bool(config.gateway_api)
-    if routed:
-        # HTTPRoute backends: one Service per track, so the route can weigh them.
+    routed = bool(config.gateway_api)
+    if routed and canary is not None:
+        # Route backends: one Service per track, so the routes can weigh them.
         services += [
             {"name": f"{name}-{t.name}", "labels": t.labels, "selector": t.selector} for t in deployments
         ]
@@ -371,26 +395,18 @@ def render(isvc: dict[str, Any], config: OperatorConfig) -> list[dict[str, Any]]
                 latency_target=f"{spec.scaling.targets.p95_latency_ms}m",
             )
         )
-    if routed and canary is not None:
-        parent = {
-            "group": "gateway.networking.k8s.io",
-            "kind": "Gateway",
-            "name": config.gateway.name,
-        }
+    if routed:
+        parent = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": config.gateway.name}
         if config.gateway.namespace:
             parent["namespace"] = config.gateway.namespace
-        ab = spec.rollout.ab_test
-        objects.append(
-            _load(
-                "httproute.yaml.j2",
-                **common,
-                parent=parent,
-                ab_test=ab.model_dump() if ab else None,
-                weight=route_weight(canary, status),
-                stable_service=f"{name}-stable",
-                canary_service=f"{name}-canary",
-            )
-        )
+        route = {
+            **common,
+            "parent": parent,
+            "hostname": route_hostname(name, meta.get("namespace") or "default", config),
+            "rules": route_rules(name, spec, status),
+        }
+        objects.append(_load("route.yaml.j2", **route, kind="HTTPRoute", port=HTTP_PORT))
+        objects.append(_load("route.yaml.j2", **route, kind="GRPCRoute", port=GRPC_PORT))
     objects.append(_load("networkpolicy.yaml.j2", **common))
     if config.service_monitor:
         objects.append(_load("servicemonitor.yaml.j2", **common))

@@ -13,6 +13,7 @@ from typing import Any
 from kinfer import status as status_mod
 from kinfer.api import v1alpha1 as api
 from kinfer.metrics_source import MetricsSource
+from kinfer.render.render import split_replicas
 from kinfer.rollout import analysis, drift, machine
 
 
@@ -51,11 +52,47 @@ def stable_promoted(deployments: list[dict[str, Any]], name: str, uri: str) -> b
     return False
 
 
+def route_accepted(route: dict[str, Any] | None) -> bool:
+    """A Gateway implementation has accepted the route: its weights are what traffic follows."""
+    parents = ((route or {}).get("status") or {}).get("parents") or []
+    return any(
+        c.get("type") == "Accepted" and c.get("status") == "True"
+        for p in parents
+        for c in p.get("conditions") or []
+    )
+
+
+def applied(name: str, route: dict[str, Any] | None, deployments: list[dict[str, Any]]) -> tuple[int, str]:
+    """(percent of requests the canary gets, what decides it): the accepted route's canary
+    weight, else the canary's share of the ready pods."""
+    if route_accepted(route):
+        assert route is not None
+        weights = {b["name"]: int(b.get("weight", 1)) for b in route["spec"]["rules"][-1]["backendRefs"]}
+        total = sum(weights.values())
+        return (round(100 * weights.get(f"{name}-canary", 0) / total) if total else 0), "HTTPRoute"
+    ready = {
+        d["metadata"]["name"]: int((d.get("status") or {}).get("readyReplicas") or 0) for d in deployments
+    }
+    total = sum(ready.values())
+    return (round(100 * ready.get(f"{name}-canary", 0) / total) if total else 0), "replicas"
+
+
+def _step_note(routed: bool, weight: int, split: tuple[int, int]) -> str:
+    """What a step's weight means on this cluster, for the CanaryStep event."""
+    if routed:
+        return f" (HTTPRoute and GRPCRoute weight {weight}%)"
+    stable, canary = split
+    share = round(100 * canary / (stable + canary)) if stable + canary else 0
+    return (f" asked, but no Gateway has accepted the HTTPRoute: traffic follows the pods, "
+            f"{canary} canary of {stable + canary} = {share}%")  # fmt: skip
+
+
 def tick(
     isvc: dict[str, Any],
     source: MetricsSource,
     deployments: list[dict[str, Any]],
     now: datetime,
+    route: dict[str, Any] | None = None,
 ) -> RolloutTick:
     meta = isvc["metadata"]
     spec = api.validate_spec(isvc["spec"])
@@ -82,9 +119,20 @@ def tick(
         canary_ready=canary_ready(deployments), stable_promoted=promoted,
     )  # fmt: skip
     new_canary = None
+    routed = route_accepted(route)
     if moved.status is not None and canary is not None:
-        new_canary = moved.status.model_copy(update={"revision": canary.model.uri}).model_dump(by_alias=True)
-    out = RolloutTick(events=list(moved.events), reapply=bool(moved.actions))
+        weight, by = applied(meta["name"], route, deployments)
+        update = {"revision": canary.model.uri, "applied_weight": weight, "applied_by": by}
+        if spec.rollout.ab_test is not None:
+            update.update(applied_weight=0, applied_by="")  # header routing: no weight applies
+        new_canary = moved.status.model_copy(update=update).model_dump(by_alias=True)
+    events = list(moved.events)
+    if canary is not None and spec.rollout.ab_test is None and moved.status is not None:
+        total = sum(status_mod.spec_replicas(d) for d in deployments)
+        split = split_replicas(total, moved.status.weight)
+        note = _step_note(routed, moved.status.weight, split)
+        events = [e._replace(message=e.message + note) if e.reason == "CanaryStep" else e for e in events]
+    out = RolloutTick(events=events, reapply=bool(moved.actions))
     if new_canary != raw:
         out.status_patch["canary"] = new_canary
     cond = machine.rollout_condition(moved.status)

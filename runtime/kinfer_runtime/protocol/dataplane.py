@@ -27,9 +27,10 @@ class AnswerSink(Protocol):
 
 
 class DataPlane:
-    def __init__(self, model_name: str, model_version: str, signature: Signature) -> None:
+    def __init__(self, model_name: str, model_version: str, signature: Signature, track: str = "") -> None:
         self.model_name = model_name
         self.model_version = model_version
+        self.track = track  # stable or canary (KINFER_TRACK, set by the operator); "" alone
         self.signature = signature
         self._inputs = {s.name: s for s in signature.inputs}
         self._outputs = {s.name: s for s in signature.outputs}
@@ -40,6 +41,11 @@ class DataPlane:
         # a request has none (None = no deadline).
         self.default_timeout_s: float | None = None
         self.shadow: AnswerSink | None = None  # canary drift check (--shadow-url)
+
+    def answer_headers(self) -> list[tuple[str, str]]:
+        """Sent with every inference answer (HTTP headers, gRPC metadata): who answered."""
+        headers = [("kinfer-model-version", self.model_version)]
+        return [("kinfer-track", self.track), *headers] if self.track else headers
 
     # ---- lifecycle ----
 

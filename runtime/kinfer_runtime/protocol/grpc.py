@@ -118,6 +118,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     def __init__(self, plane: DataPlane, metrics: RuntimeMetrics) -> None:
         self.plane = plane
         self.metrics = metrics
+        self.answer_metadata = tuple(plane.answer_headers())
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=self.plane.live())
@@ -172,6 +173,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self.metrics.request_started()
         code = "INTERNAL"
         try:
+            await context.send_initial_metadata(self.answer_metadata)
             remaining = context.time_remaining()
             now = asyncio.get_running_loop().time()
             deadline = None if remaining is None else now + remaining

@@ -69,6 +69,7 @@ class Response:
     body: bytes
     content_type: bytes = JSON
     header_length: int | None = None
+    headers: bytes = b""  # extra header lines, each ending in CRLF
 
 
 def _json(status: int, doc: Any) -> Response:
@@ -93,6 +94,9 @@ class RestApp:
         self.serve_metrics = serve_metrics or metrics_only
         self.metrics_only = metrics_only
         self.max_body_bytes = max_body_bytes
+        self._answer_headers = b"".join(
+            b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in plane.answer_headers()
+        )
         self.head_timeout_s = head_timeout_s
 
     def route_sync(self, method: bytes, path: str) -> Response | None:
@@ -144,6 +148,11 @@ class RestApp:
             return _error(exc)
 
     async def infer(self, path: str, headers: dict[bytes, bytes], body: bytes) -> Response:
+        resp = await self._infer(path, headers, body)
+        resp.headers = self._answer_headers
+        return resp
+
+    async def _infer(self, path: str, headers: dict[bytes, bytes], body: bytes) -> Response:
         started = time.perf_counter()
         self.metrics.request_started()
         code = 500
@@ -416,6 +425,8 @@ class HttpConnection(asyncio.Protocol):
         ]
         if resp.header_length is not None:
             head.append(b"inference-header-content-length: %d\r\n" % resp.header_length)
+        if resp.headers:
+            head.append(resp.headers)
         if not keep:
             head.append(b"connection: close\r\n")
         head.append(b"\r\n")
