@@ -27,6 +27,7 @@ from kinfer_runtime.protocol.errors import (
     InvalidInput,
     grpc_code_name,
 )
+from kinfer_runtime.protocol.generative import GenerativePlane
 from kinfer_runtime.protocol.v2_types import NUMPY_DTYPE, InferRequest, RequestedOutput, Tensor
 
 log = logging.getLogger("kinfer_runtime.grpc")
@@ -114,7 +115,7 @@ def encode_response(resp: Any) -> Any:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    def __init__(self, plane: DataPlane, metrics: RuntimeMetrics) -> None:
+    def __init__(self, plane: DataPlane | GenerativePlane, metrics: RuntimeMetrics) -> None:
         self.plane = plane
         self.metrics = metrics
 
@@ -174,6 +175,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             remaining = context.time_remaining()
             now = asyncio.get_running_loop().time()
             deadline = None if remaining is None else now + remaining
+            if not isinstance(self.plane, DataPlane):
+                raise InvalidInput(f"model '{self.plane.model_name}' is generative: use the REST generate "
+                                   "or /v1 endpoints")  # fmt: skip
             resp = await self.plane.infer(decode_request(request), deadline)
             msg = encode_response(resp)
             code = "OK"
@@ -195,7 +199,7 @@ async def _abort(context: Any, exc: InferenceError) -> Any:
 
 
 async def start_grpc(
-    plane: DataPlane, metrics: RuntimeMetrics, host: str, port: int
+    plane: DataPlane | GenerativePlane, metrics: RuntimeMetrics, host: str, port: int
 ) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(
         options=[
