@@ -13,7 +13,9 @@ Generative models (`engine.py`; zero for tensor models):
 - kinfer_prompt_tokens_total{model}            counter: prompt tokens prefilled
 - kinfer_sequences{model,state}                gauge; state = running | waiting
 - kinfer_tokens_in_flight{model}               gauge: tokens reserved by running sequences
-  (prompt + max tokens each); kinfer_queue_depth is running + waiting sequences
+  (prompt + max tokens each); kinfer_queue_depth is the waiting sequences, and generation
+  requests are counted in kinfer_requests_total but not timed in kinfer_request_duration_seconds
+  (a stream lasts as long as its answer: TTFT and time per output token are the latency)
 
 Canary drift check (`shadow.py`; zero unless --shadow-url is set):
 - kinfer_shadow_comparisons_total{model}       counter: canary answers compared with the stable's
@@ -174,7 +176,7 @@ class RuntimeMetrics:
         self._running.set(running)
         self._waiting.set(waiting)
         self._tokens_in_flight.set(tokens_in_flight)
-        self._depth.set(running + waiting)
+        self._depth.set(waiting)
 
     def first_token(self, seconds: float, prompt_tokens: int) -> None:
         self._ttft.observe(seconds)
@@ -189,9 +191,10 @@ class RuntimeMetrics:
     def request_started(self) -> None:
         self._inflight.inc()
 
-    def request_finished(self, code: int, seconds: float) -> None:
+    def request_finished(self, code: int, seconds: float, timed: bool = True) -> None:
         self._inflight.dec()
-        self._total.observe(seconds)
+        if timed:
+            self._total.observe(seconds)
         counter = self._by_code.get(code)
         if counter is None:
             counter = self._by_code[code] = self._requests.labels(self.model, str(code))

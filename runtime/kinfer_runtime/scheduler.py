@@ -10,6 +10,7 @@ sequence is never preempted.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # keep going past end-of-text (benchmarks)
 
 
 @dataclass(slots=True, eq=False)
@@ -118,7 +120,7 @@ class Scheduler:
             raise Overloaded(f"{len(self.waiting)} sequences waiting (limit {self.max_waiting}); retry later")
         room = self.context_length - len(prompt)
         if params.max_tokens > room:  # never write past the context: cut max_tokens to what fits
-            params = SamplingParams(room, params.temperature, params.top_p, params.seed, params.stop)
+            params = dataclasses.replace(params, max_tokens=room)
         seq = Sequence(next(self._ids), list(prompt), params, now)
         self.waiting.append(seq)
         return seq
@@ -162,7 +164,7 @@ class Scheduler:
             seq.first_token_at = now
         seq.last_token_at = now
         reason = ""
-        if token == self.eos_token_id:
+        if token == self.eos_token_id and not seq.params.ignore_eos:
             reason = "stop"
         else:
             seq.generated.append(token)
@@ -201,10 +203,11 @@ def _first_stop(text: str, stops: tuple[str, ...], sent: int) -> int | None:
 
 
 def _safe_end(text: str, stops: tuple[str, ...]) -> int:
-    """How much of `text` can go out now: hold back an incomplete UTF-8 character (decoded as
-    U+FFFD) and any tail that could be the start of a stop string."""
+    """How much of `text` can go out now: hold back a last incomplete UTF-8 character (its bytes
+    decode as one U+FFFD until the rest arrives; earlier ones are invalid bytes and stay so) and
+    any tail that could be the start of a stop string."""
     end = len(text)
-    while end and text[end - 1] == "\ufffd":
+    if end and text[end - 1] == "\ufffd":
         end -= 1
     head = text[:end]
     cut = end

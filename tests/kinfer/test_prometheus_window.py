@@ -74,7 +74,7 @@ def test_window_from_answers() -> None:
     assert (w.p95_latency_ms, w.request_rate) == (180.5, 40)
     assert w.queue_depth_per_replica == 4
     assert w.latency_replicas is None  # no answer: the decision falls back to ready_replicas
-    assert len(source.asked) == 6
+    assert len(source.asked) == 8  # 6, and the two generative signals
 
 
 def test_track_window_asks_for_that_track() -> None:

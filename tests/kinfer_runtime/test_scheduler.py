@@ -203,3 +203,17 @@ async def test_a_thousand_cancelled_streams_leak_nothing() -> None:
     s = eng.scheduler
     assert eng.active == 0 and not s.running and not s.waiting and s.tokens_in_flight == 0
     assert dec.rows == set()  # the decoder was told to forget every row
+
+
+def test_an_incomplete_utf8_character_is_held_back_but_garbage_is_not() -> None:
+    words = {1: b"\xe4", 2: b"\xb8", 3: b"\xad", 4: b"\xc3"}
+
+    def utf8(ids: list[int]) -> str:
+        return b"".join(words[i] for i in ids).decode("utf-8", "replace")
+
+    s = Scheduler(context_length=64, max_new_tokens=32, max_sequences=4, max_tokens_in_flight=1000,
+                  max_waiting=8, eos_token_id=EOS, detokenize=utf8)  # fmt: skip
+    seq = s.add([1], params(max_tokens=8), 0.0)
+    s.plan()
+    got = [d.text for d in (s.record(seq, t, 1.0) for t in (1, 2, 3, 4, 4, 4)) if d is not None]
+    assert got == ["", "", "\u4e2d", "", "\ufffd", "\ufffd"]  # 中 whole; lone 0xC3 bytes go out

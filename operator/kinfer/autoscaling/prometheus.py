@@ -37,6 +37,8 @@ class Queries:
     inflight: str
     p95_latency_ms: str
     request_rate: str
+    p95_ttft_ms: str
+    tokens_in_flight: str
 
 
 def selector(namespace: str, name: str, track: str | None = None) -> str:
@@ -62,6 +64,12 @@ def queries(namespace: str, name: str, track: str | None = None) -> Queries:
         # Aggregate the buckets across pods first: the p95 of the service, not a mean of p95s.
         p95_latency_ms=(f"histogram_quantile(0.95, sum by (le) (rate({buckets}[{RATE_WINDOW}]))) * 1000"),
         request_rate=f"sum(rate(kinfer_requests_total{{{sel}}}[{RATE_WINDOW}]))",
+        # Generative models: no series (None / 0) for other formats.
+        p95_ttft_ms=(
+            "histogram_quantile(0.95, sum by (le) "
+            f"(rate(kinfer_time_to_first_token_seconds_bucket{{{sel}}}[{RATE_WINDOW}]))) * 1000"
+        ),
+        tokens_in_flight=f"sum(kinfer_tokens_in_flight{{{sel}}})",
     )
 
 
@@ -87,6 +95,8 @@ def read_window(
         inflight = source.scalar(q.inflight)
         p95 = source.scalar(q.p95_latency_ms)
         rate = source.scalar(q.request_rate)
+        ttft = source.scalar(q.p95_ttft_ms)
+        tokens = source.scalar(q.tokens_in_flight)
     except MetricsUnavailable as err:
         return MetricsWindow.unavailable(now, str(err) or "Prometheus unavailable")
     except Exception as err:  # a buggy source must not take the operator's timer down
@@ -101,6 +111,8 @@ def read_window(
         request_rate=_finite(rate),
         ready_replicas=int(_finite(ready)),
         latency_replicas=None if latency_replicas is None else int(_finite(latency_replicas)),
+        p95_ttft_ms=None if ttft is None or math.isnan(ttft) else ttft,
+        tokens_in_flight=_finite(tokens),
     )
 
 

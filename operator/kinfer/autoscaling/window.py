@@ -31,6 +31,10 @@ class MetricsWindow:
     request_rate: float = 0.0
     """Requests answered per second over the rate window."""
     ready_replicas: int = 0
+    p95_ttft_ms: float | None = None
+    """Generative models: p95 time to first token over the latency window (None: no tokens)."""
+    tokens_in_flight: float = 0.0
+    """Generative models: tokens reserved by running sequences, summed over the pods."""
     latency_replicas: int | None = None
     """Fewest pods that reported during the latency window: the pool that produced the p95.
     Right after a scale-up the p95 still describes the old, smaller pool. None: use
@@ -63,6 +67,7 @@ class MetricsWindow:
     def from_dict(cls, data: dict[str, Any]) -> MetricsWindow:
         p95 = data.get("p95_latency_ms")
         lr = data.get("latency_replicas")
+        ttft = data.get("p95_ttft_ms")
         return cls(
             sampled_at=float(data["sampled_at"]),
             available=bool(data.get("available", True)),
@@ -73,4 +78,6 @@ class MetricsWindow:
             request_rate=float(data.get("request_rate", 0.0)),
             ready_replicas=int(data.get("ready_replicas", 0)),
             latency_replicas=None if lr is None else int(lr),
+            p95_ttft_ms=None if ttft is None else float(ttft),
+            tokens_in_flight=float(data.get("tokens_in_flight", 0.0)),
         )

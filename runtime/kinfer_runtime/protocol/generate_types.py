@@ -75,10 +75,13 @@ def _sampling(doc: dict[str, Any], max_tokens_keys: tuple[str, ...], default_max
         stops = tuple(stop)
     else:
         raise InvalidInput(f"{where}stop: must be a non-empty string or a list of up to {MAX_STOPS} of them")
+    ignore_eos = doc.get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise InvalidInput(f"{where}ignore_eos: must be true or false, got {ignore_eos!r}")
     n = doc.get("n", 1)
     if n != 1:
         raise InvalidInput(f"{where}n: only 1 is supported, got {n!r}")
-    return max_tokens, SamplingParams(max_tokens or 1, temperature, top_p, seed, stops)
+    return max_tokens, SamplingParams(max_tokens or 1, temperature, top_p, seed, stops, ignore_eos)
 
 
 def _stream_flags(doc: dict[str, Any]) -> tuple[bool, bool]:

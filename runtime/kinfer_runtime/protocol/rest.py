@@ -226,7 +226,7 @@ class RestApp:
         except InferenceError as exc:
             code = http_status(exc)
             _log_error(code, exc.message, "", headers)
-            self.metrics.request_finished(code, time.perf_counter() - started)
+            self.metrics.request_finished(code, time.perf_counter() - started, timed=False)
             return errors(exc)
         rid = f"cmpl-{_PID}-{next(_ids)}"
         created = int(time.time())
@@ -241,7 +241,7 @@ class RestApp:
             return errors(exc)
         finally:
             gen.cancel()
-            self.metrics.request_finished(code, time.perf_counter() - started)
+            self.metrics.request_finished(code, time.perf_counter() - started, timed=False)
         used = gt.usage(gen.prompt_tokens, gen.completion_tokens)
         if api == "generate":
             return _json(200, gt.generate_body(plane.model_name, plane.model_version, text,
@@ -279,7 +279,7 @@ class RestApp:
             code = 200
         finally:
             gen.cancel()
-            self.metrics.request_finished(code, time.perf_counter() - started)
+            self.metrics.request_finished(code, time.perf_counter() - started, timed=False)
 
 
 def _only(method: bytes, allowed: bytes) -> None:
