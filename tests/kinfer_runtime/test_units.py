@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,59 @@ def test_data_plane_without_transport(tmp_path: Path) -> None:
         "datatype": "FP32",
         "shape": [-1, 4],
     }
+
+
+def test_configured_max_batch_size_bounds_rows_per_request(tmp_path: Path) -> None:
+    model = load_model(f"file://{make_slow(tmp_path / 'm')}")
+    model.delay = 0  # type: ignore[attr-defined]
+    plane = DataPlane("m", "1", model.signature)
+    assert model.signature.max_batch_size > 4
+
+    def request(rows: int) -> InferRequest:
+        x = np.zeros((rows, 4), np.float32)
+        return InferRequest("m", "", [Tensor("x", "FP32", (rows, 4), x)])
+
+    async def main() -> None:
+        batcher = Batcher(model.forward, max_batch_size=4, max_delay_s=0, max_queue_rows=64)
+        batcher.start()
+        plane.model_loaded(batcher)
+        assert (await plane.infer(request(4))).outputs[0].data.shape[0] == 4
+        with pytest.raises(InvalidInput, match="input 'x': batch of 5 rows exceeds max_batch_size 4"):
+            await plane.infer(request(5))
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert plane.model_config("m")["max_batch_size"] == 4
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "fragment"),
+    [
+        ("FP32", [1.0, None, 3.0], "data[1] is null; FP32 'data' takes numbers only"),
+        ("FP32", [[1.0, 2.0], [3.0, "4"]], "data[1][1] is a string"),
+        ("FP32", [[1, 2], [True, 4]], "data[1][0] is a boolean"),
+        ("INT32", [1, 2.5], "data[1] is a number; INT32 'data' takes integers only"),
+        ("INT64", [[1], [False]], "data[1][0] is a boolean"),
+        ("BOOL", [True, 1], "data[1] is an integer; BOOL 'data' takes booleans only"),
+        ("BYTES", ["a", None], "data[1] is null; BYTES 'data' takes strings only"),
+        ("FP16", [{"a": 1}], "data[0] is an object"),
+    ],
+)
+def test_json_data_is_never_coerced(datatype: str, data: list[object], fragment: str) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(f"input 't': {fragment}")):
+        codec.from_json_data(data, datatype, (2, 2) if isinstance(data[0], list) else (len(data),), "t")
+
+
+def test_json_data_of_the_right_types_decodes() -> None:
+    assert codec.from_json_data([[1, 2.5], [3, 4]], "FP32", (2, 2), "t").dtype == np.float32
+    assert codec.from_json_data([True, False], "BOOL", (2,), "t").tolist() == [True, False]
+    deep: list[object] = [1]
+    for _ in range(3000):  # nesting deeper than Python's recursion limit: still a clean error
+        deep = [deep]
+    with pytest.raises(InvalidInput):
+        codec.from_json_data(deep, "FP32", (1,), "t")
+
+
+def test_default_host_is_loopback() -> None:
+    assert settings.parse(["--model-uri", "/x"], {}).host == "127.0.0.1"
+    assert settings.parse(["--model-uri", "/x"], {"KINFER_HOST": "0.0.0.0"}).host == "0.0.0.0"

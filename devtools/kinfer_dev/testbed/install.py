@@ -192,6 +192,16 @@ def prometheus() -> GoBinary:
     )
 
 
+def bench_tools() -> list[GoBinary]:
+    """Compiled load clients for the runtime benchmark; not part of the test bed."""
+    return [
+        GoBinary("vegeta", "github.com/tsenart/vegeta/v12", versions.VEGETA,
+                 ("github.com/tsenart/vegeta/v12",)),
+        GoBinary("ghz", "github.com/bojand/ghz", versions.GHZ, ("github.com/bojand/ghz/cmd/ghz",),
+                 f"-s -w -X main.version={versions.GHZ}"),
+    ]  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Paths:
     """Where the installed binaries are (what `bed` needs)."""
@@ -247,10 +257,12 @@ def install_all(only: list[str] | None = None, echo: bool = True) -> None:
         raise RuntimeError("the go toolchain is not on PATH (needs Go >= " + versions.GO_LINE + ")")
     logs = cache_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    builds = others()
-    log = logs / "k8s.log"
-    builds.insert(0, kubernetes(log))
-    for module, version in SOURCES if not only else ():
+    if only == ["bench"]:
+        builds = bench_tools()
+        only = None
+    else:
+        builds = [kubernetes(logs / "k8s.log"), *others()]
+    for module, version in SOURCES if not only and builds[0].name == "k8s" else ():
         if echo:
             print(f"{module} {version}: sources in {module_dir(module, version)}", flush=True)
     for b in builds:

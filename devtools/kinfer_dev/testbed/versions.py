@@ -11,6 +11,10 @@ HELM = "v3.21.4"  # helm.sh/helm/v3
 # (Debian bookworm's prometheus 2.42 is built without kubernetes_sd_configs: unusable.)
 PROMETHEUS = "v0.316.0"
 
+# Load clients of bench/runtime_vs_peers.py (built only on request: `install bench`).
+VEGETA = "v12.13.0"  # github.com/tsenart/vegeta/v12, HTTP
+GHZ = "v0.93.0"  # github.com/bojand/ghz, gRPC
+
 # Source-only modules (downloaded into the module cache at install, nothing built):
 # the Gateway API CRDs (config/crd/standard).
 GATEWAY_API = "v1.2.1"  # sigs.k8s.io/gateway-api
