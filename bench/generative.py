@@ -88,7 +88,7 @@ def start_runtime(model_dir: Path, logs: Path, threads: int) -> tuple[subprocess
            "--http-port", "0", "--grpc-port", "-1", "--max-sequences", "32",
            "--drain-delay-s", "0"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # a loaded machine imports torch slowly
     port = 0
     while time.monotonic() < deadline and proc.poll() is None:
         for line in log.read_text().splitlines():
@@ -168,10 +168,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4, help="requests per stream")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, both sides (default 1)")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.new_tokens = 1, 32
-    threads = max(1, min(os.cpu_count() or 1, 2))
+    threads = args.threads
     import torch
 
     torch.set_num_threads(threads)

@@ -144,7 +144,11 @@ def parse_chat(body: bytes) -> GenerateRequest:
 def parse_generate(body: bytes, model: str, version: str, stream: bool) -> GenerateRequest:
     """The v2 generate extension: `{"text_input": "...", "parameters": {...}}`; sampling
     fields may also sit at the top level, as Triton accepts."""
-    doc = parse_json(body)
+    return generate_request(parse_json(body), model, version, stream)
+
+
+def generate_request(doc: dict[str, Any], model: str, version: str, stream: bool) -> GenerateRequest:
+    """A v2 generate request from its fields (REST body, or gRPC inputs and parameters)."""
     text = doc.get("text_input")
     if not isinstance(text, str) or not text:
         raise InvalidInput("text_input: required, a non-empty string")
