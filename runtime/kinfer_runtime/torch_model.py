@@ -119,6 +119,8 @@ def _offline() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    # pods run with a read-only root: any cache transformers wants goes to the /tmp emptyDir
+    os.environ.setdefault("HF_HOME", os.path.join(os.environ.get("TMPDIR", "/tmp"), "huggingface"))
 
 
 class CausalLM:
@@ -188,10 +190,13 @@ class CausalLM:
             if set(self.rows) != set(decode):
                 raise RuntimeError(f"decoder rows {self.rows} differ from the scheduler's {decode}")
             out: dict[int, int] = {}
+            # newcomers first: their first token (TTFT) does not wait for the batch's step
+            joining = self._prefill(admit) if admit else None
             if self.rows:
                 out.update(zip(self.rows, self._decode(), strict=True))
-            if admit:
-                out.update(self._prefill(admit))
+            if joining is not None:
+                self._join(*joining)
+                out.update(zip(joining[2], joining[3], strict=True))
             return out
 
     def warm_up(self) -> None:
@@ -239,7 +244,11 @@ class CausalLM:
         self._last = torch.tensor(tokens, dtype=torch.long, device=self._torch_device)
         return tokens
 
-    def _prefill(self, admit: list[tuple[int, list[int], SamplingParams]]) -> dict[int, int]:
+    def _prefill(
+        self, admit: list[tuple[int, list[int], SamplingParams]]
+    ) -> tuple[Any, torch.Tensor, list[int], list[int]]:
+        """One forward over the admitted prompts, left-padded: their cache, mask, ids and first
+        tokens, to join the batch after this step's decode."""
         width = max(len(p) for _, p, _ in admit)
         ids = torch.zeros((len(admit), width), dtype=torch.long)
         mask = torch.zeros((len(admit), width), dtype=torch.long)
@@ -261,8 +270,7 @@ class CausalLM:
         )  # fmt: skip
         new_ids = [seq_id for seq_id, _, _ in admit]
         tokens = self._pick(result.logits[:, -1, :], new_ids)
-        self._join(cache, mask, new_ids, tokens)
-        return dict(zip(new_ids, tokens, strict=True))
+        return cache, mask, new_ids, tokens
 
     def _join(self, cache: Any, mask: torch.Tensor, new_ids: list[int], tokens: list[int]) -> None:
         positions = mask.sum(1)
