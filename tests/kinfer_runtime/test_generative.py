@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -241,6 +242,25 @@ def test_disconnected_streams_free_their_slots_and_overload_is_429(long_server: 
     assert generated < 2000, generated
     status, doc = post(long_server, "/v1/completions", {"model": "long", "prompt": "hi", "max_tokens": 2})
     assert status == 200, doc
+
+
+def test_a_thousand_cancelled_streams_leak_nothing(long_server: Server) -> None:
+    fds = len(os.listdir(f"/proc/{long_server.proc.pid}/fd"))
+    for _ in range(125):  # 8 at a time: 4 running, 4 waiting, all cancelled by their client
+        socks = [_open_stream(long_server, 1000) for _ in range(4)]
+        assert _wait(long_server, "kinfer_sequences", 4, 10, state="running") == 4  # admitted
+        socks += [_open_stream(long_server, 1000) for _ in range(4)]
+        for s in socks:
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        for s in socks:
+            s.close()
+        assert _wait(long_server, "kinfer_inflight_requests", 0, 10) == 0
+    gauges = [("kinfer_sequences", {"state": "running"}), ("kinfer_sequences", {"state": "waiting"}),
+              ("kinfer_tokens_in_flight", {}), ("kinfer_inflight_requests", {})]  # fmt: skip
+    for gauge, labels in gauges:
+        assert _wait(long_server, gauge, 0, 10, **labels) == 0, gauge
+    assert len(os.listdir(f"/proc/{long_server.proc.pid}/fd")) <= fds + 2
+    assert metric(http_get(long_server, "/metrics")[1].decode(), "kinfer_requests_total", code="499") >= 1000
 
 
 def test_token_metrics(lm_server: Server) -> None:
