@@ -16,7 +16,7 @@ import logging
 import os
 import time
 import zlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -75,6 +75,7 @@ class Response:
     content_type: bytes = JSON
     header_length: int | None = None
     stream: AsyncGenerator[bytes, None] | None = None  # chunks of a streamed answer (body unused)
+    abort: Callable[[], None] | None = None  # the stream never started: release what it holds
 
 
 def _json(status: int, doc: Any) -> Response:
@@ -239,7 +240,13 @@ class RestApp:
         rid = f"cmpl-{_PID}-{next(_ids)}"
         created = int(time.time())
         if req.stream:
-            return Response(200, b"", SSE, stream=self._events(req, gen, rid, created, started))
+
+            def abort() -> None:  # the client left before the stream began
+                gen.cancel()
+                self.metrics.request_finished(499, time.perf_counter() - started, timed=False)
+
+            events = self._events(req, gen, rid, created, started)
+            return Response(200, b"", SSE, stream=events, abort=abort)
         code = 499  # the client went away before the end
         try:
             text = "".join([piece async for piece in gen.text()])
@@ -515,7 +522,8 @@ class HttpConnection(asyncio.Protocol):
         assert resp.stream is not None
         transport = self._transport
         if transport is None or self._closed:
-            await resp.stream.aclose()
+            if resp.abort is not None:
+                resp.abort()  # an unstarted generator's cleanup would never run
             return False
         keep = keep_alive and not self._server.closing
         transport.write(
