@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Protocol
 
@@ -27,9 +28,12 @@ class Decoder(Protocol):
         evict: list[int],
         admit: list[tuple[int, list[int], SamplingParams]],
         decode: list[int],
+        early: Callable[[dict[int, int]], None] | None = None,
     ) -> dict[int, int]:
         """Forget `evict`; prefill `admit` (prompt tokens) and decode one token for `decode`.
-        Returns the next token of every admitted and decoded sequence, by sequence id."""
+        Returns the next token of every admitted and decoded sequence, by sequence id. A
+        decoder may hand the admitted sequences' first tokens to `early` (from its thread)
+        before it decodes the rest, so they need not wait for the whole step."""
         ...
 
 
@@ -145,28 +149,44 @@ class Engine:
             decode = [s.id for s in plan.decode]
             evict = [s.id for s in plan.evict]
             self._report()
+            early_done: set[int] = set()
+
+            def record_early(
+                tokens: dict[int, int], seqs: list[Sequence] = plan.admit, done: set[int] = early_done
+            ) -> None:
+                self._record([s for s in seqs if s.id in tokens], tokens)
+                done.update(tokens)
+
+            def early(tokens: dict[int, int]) -> None:  # on the worker thread
+                loop.call_soon_threadsafe(record_early, tokens)
+
             try:
-                tokens = await loop.run_in_executor(self._executor, self.decoder.step, evict, admit, decode)
+                tokens = await loop.run_in_executor(
+                    self._executor, self.decoder.step, evict, admit, decode, early
+                )
             except Exception as exc:
                 log.exception("decoding step failed")
                 self._fail(plan.admit + plan.decode, ModelFailed(f"decoding step failed: {exc}"))
                 continue
             self.steps += 1
-            now = time.perf_counter()
-            for seq in plan.admit + plan.decode:
-                previous = seq.last_token_at
-                delta = self.scheduler.record(seq, tokens[seq.id], now)
-                if delta is None:
-                    continue  # cancelled during the step
-                if previous is None:
-                    self._observer.first_token(now - seq.arrived, len(seq.prompt))
-                else:
-                    self._observer.output_token(now - previous)
-                stream = self._streams.get(seq.id)
-                if stream is not None:
-                    stream.put(delta)
-                if delta.finish_reason:
-                    self._streams.pop(seq.id, None)
+            self._record([s for s in plan.admit + plan.decode if s.id not in early_done], tokens)
+
+    def _record(self, seqs: list[Sequence], tokens: dict[int, int]) -> None:
+        now = time.perf_counter()
+        for seq in seqs:
+            previous = seq.last_token_at
+            delta = self.scheduler.record(seq, tokens[seq.id], now)
+            if delta is None:
+                continue  # cancelled during the step
+            if previous is None:
+                self._observer.first_token(now - seq.arrived, len(seq.prompt))
+            else:
+                self._observer.output_token(now - previous)
+            stream = self._streams.get(seq.id)
+            if stream is not None:
+                stream.put(delta)
+            if delta.finish_reason:
+                self._streams.pop(seq.id, None)
 
     def _fail(self, seqs: list[Sequence], error: InferenceError) -> None:
         for seq in seqs:

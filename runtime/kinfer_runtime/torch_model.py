@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,7 @@ class CausalLM:
         evict: list[int],
         admit: list[tuple[int, list[int], SamplingParams]],
         decode: list[int],
+        early: Callable[[dict[int, int]], None] | None = None,
     ) -> dict[int, int]:
         with torch.inference_mode():
             self._evict(set(evict))
@@ -192,6 +194,8 @@ class CausalLM:
             out: dict[int, int] = {}
             # newcomers first: their first token (TTFT) does not wait for the batch's step
             joining = self._prefill(admit) if admit else None
+            if joining is not None and early is not None and self.rows:
+                early(dict(zip(joining[2], joining[3], strict=True)))
             if self.rows:
                 out.update(zip(self.rows, self._decode(), strict=True))
             if joining is not None:

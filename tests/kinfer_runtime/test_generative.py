@@ -225,6 +225,8 @@ def test_disconnected_streams_free_their_slots_and_overload_is_429(long_server: 
     socks = [_open_stream(long_server, 1000) for _ in range(4)]  # fill every slot
     for s in socks:
         assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    # admitted at the next step: until then they wait, and a fifth would be refused
+    assert _wait(long_server, "kinfer_sequences", 4, 10, state="running") == 4
     waiting = [_open_stream(long_server, 1000) for _ in range(4)]  # fill the waiting queue
     assert _wait(long_server, "kinfer_sequences", 4, 10, state="waiting") == 4
     status, doc = post(long_server, "/v1/completions", {"model": "long", "prompt": "hi"})

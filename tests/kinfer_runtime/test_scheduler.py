@@ -132,7 +132,7 @@ class FakeDecoder:
         self.calls: list[tuple[list[int], list[int], list[int]]] = []
 
     def step(self, evict: list[int], admit: list[tuple[int, list[int], SamplingParams]],
-             decode: list[int]) -> dict[int, int]:  # fmt: skip
+             decode: list[int], early: Any = None) -> dict[int, int]:  # fmt: skip
         self.rows -= set(evict)
         assert self.rows == set(decode)
         new = [a[0] for a in admit]
