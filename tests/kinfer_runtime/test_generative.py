@@ -108,8 +108,9 @@ def test_seeded_sampling_repeats_and_top_p_near_zero_is_greedy(lm: Any) -> None:
 
 @pytest.fixture(scope="module")
 def lm_server(lm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    # importing transformers takes a while on a busy machine: a longer start deadline
     server = start_server(lm_dir, tmp_path_factory.mktemp("lmlogs"), "--max-sequences", "4",
-                          "--max-queue", "4")  # fmt: skip
+                          "--max-queue", "4", timeout=300)  # fmt: skip
     yield server
     assert server.stop() == 0, server.log_path.read_text()
 
@@ -194,7 +195,7 @@ def long_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Sequences of 1,000 tokens: long enough to hold every slot while the test looks."""
     root = tmp_path_factory.mktemp("lm-long")
     models.make_tiny_lm(root / "long", context_length=1100, max_new_tokens=1000)
-    server = start_server(root / "long", root, "--max-sequences", "4", "--max-queue", "4")
+    server = start_server(root / "long", root, "--max-sequences", "4", "--max-queue", "4", timeout=300)
     yield server
     assert server.stop() == 0, server.log_path.read_text()
 
