@@ -12,6 +12,16 @@
                                                batch-latency line t = a + b x rows by least squares
 - kinfer_requests_total{model,code}            counter; code = HTTP status (gRPC mapped to it)
 
+Generative models (`engine.py`; zero for tensor models):
+- kinfer_time_to_first_token_seconds{model}    histogram: arrival to the first generated token
+- kinfer_time_per_output_token_seconds{model}  histogram: gap between consecutive tokens of a sequence
+- kinfer_generated_tokens_total{model}         counter: tokens generated
+- kinfer_prompt_tokens_total{model}            counter: prompt tokens prefilled
+- kinfer_sequences{model,state}                gauge; state = running | waiting
+- kinfer_tokens_in_flight{model}               gauge: tokens reserved by running sequences
+  (prompt + max tokens each); kinfer_queue_depth is the waiting sequences, and generation
+  requests are counted in kinfer_requests_total but not timed in kinfer_request_duration_seconds
+  (a stream lasts as long as its answer: TTFT and time per output token are the latency)
 Model start (once per process; the download part from the storage initializer's report):
 - kinfer_model_load_seconds{model}             gauge: reading the model into memory
 - kinfer_model_warmup_seconds{model}           gauge: the warm-up forwards
@@ -37,6 +47,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075,
     0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+TOKEN_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5,
+    0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # 1-2-5 series from 1e-6 to 100; a shape or name mismatch observes +Inf (the +Inf bucket only)
@@ -102,6 +116,40 @@ class RuntimeMetrics:
             registry=r,
         )
         self._by_code: dict[int, Counter] = {}
+        self._ttft = Histogram(
+            "kinfer_time_to_first_token_seconds",
+            "Generative: seconds from a sequence's arrival to its first generated token.",
+            ["model"],
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        ).labels(model)
+        self._tpot = Histogram(
+            "kinfer_time_per_output_token_seconds",
+            "Generative: seconds between consecutive generated tokens of one sequence.",
+            ["model"],
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        ).labels(model)
+        self._generated = Counter(
+            "kinfer_generated_tokens", "Generative: tokens generated.", ["model"], registry=r
+        ).labels(model)
+        self._prompt_tokens = Counter(
+            "kinfer_prompt_tokens", "Generative: prompt tokens prefilled.", ["model"], registry=r
+        ).labels(model)
+        seqs = Gauge(
+            "kinfer_sequences",
+            "Generative: sequences by state (running = in the decoding batch, waiting = queued).",
+            ["model", "state"],
+            registry=r,
+        )
+        self._running = seqs.labels(model, "running")
+        self._waiting = seqs.labels(model, "waiting")
+        self._tokens_in_flight = Gauge(
+            "kinfer_tokens_in_flight",
+            "Generative: tokens reserved by the running sequences (prompt + max tokens each).",
+            ["model"],
+            registry=r,
+        ).labels(model)
         # children created up front: a pod that never shadows exports zeros, not nothing
         self._shadow_comparisons = Counter(
             "kinfer_shadow_comparisons",
@@ -172,13 +220,30 @@ class RuntimeMetrics:
             self._queue.observe(q)
             self._compute.observe(compute_s)
 
+    # TokenObserver (engine)
+    def sequences(self, running: int, waiting: int, tokens_in_flight: int) -> None:
+        self._running.set(running)
+        self._waiting.set(waiting)
+        self._tokens_in_flight.set(tokens_in_flight)
+        self._depth.set(waiting)
+
+    def first_token(self, seconds: float, prompt_tokens: int) -> None:
+        self._ttft.observe(seconds)
+        self._prompt_tokens.inc(prompt_tokens)
+        self._generated.inc()
+
+    def output_token(self, seconds: float) -> None:
+        self._tpot.observe(seconds)
+        self._generated.inc()
+
     # front ends
     def request_started(self) -> None:
         self._inflight.inc()
 
-    def request_finished(self, code: int, seconds: float) -> None:
+    def request_finished(self, code: int, seconds: float, timed: bool = True) -> None:
         self._inflight.dec()
-        self._total.observe(seconds)
+        if timed:
+            self._total.observe(seconds)
         counter = self._by_code.get(code)
         if counter is None:
             counter = self._by_code[code] = self._requests.labels(self.model, str(code))

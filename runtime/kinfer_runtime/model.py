@@ -111,17 +111,67 @@ def resolve_path(uri: str) -> Path:
     )
 
 
-def locate(uri: str) -> tuple[Path, Signature]:
-    """The model file and its signature. The URI names the model directory or the file in it."""
-    path = resolve_path(uri)
+def _read_signature(path: Path) -> tuple[Path, Any]:
     directory = path if path.is_dir() else path.parent
     sig_path = directory / SIGNATURE_FILE
     try:
-        doc = json.loads(sig_path.read_text())
+        return sig_path, json.loads(sig_path.read_text())
     except FileNotFoundError:
         raise ModelConfigError(f"no {SIGNATURE_FILE} beside the model in {directory}") from None
     except json.JSONDecodeError as exc:
         raise ModelConfigError(f"{sig_path}: not valid JSON: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerativeSignature:
+    """`signature.json` of a causal language model: `{"kind": "generative", "context_length":
+    N, "max_new_tokens": M}` beside a transformers directory (config.json, *.safetensors,
+    tokenizer files). `dtype`: auto (float32 on CPU, the config's dtype on GPU), float32,
+    float16 or bfloat16."""
+
+    directory: Path
+    context_length: int
+    max_new_tokens: int
+    dtype: str = "auto"
+    format: str = "generative"
+
+    @classmethod
+    def from_dict(cls, directory: Path, doc: dict[str, Any], where: str) -> GenerativeSignature:
+        values = {}
+        for key in ("context_length", "max_new_tokens"):
+            value = doc.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ModelConfigError(f"{where}: '{key}' must be an integer >= 1, got {value!r}")
+            values[key] = value
+        if values["max_new_tokens"] >= values["context_length"]:
+            raise ModelConfigError(f"{where}: 'max_new_tokens' must be less than 'context_length'")
+        dtype = doc.get("dtype", "auto")
+        if dtype not in DTYPES:
+            raise ModelConfigError(f"{where}: 'dtype' must be one of {DTYPES}, got {dtype!r}")
+        if not (directory / "config.json").exists():
+            raise ModelConfigError(f"{directory}: a generative model needs config.json (save_pretrained)")
+        return cls(directory, values["context_length"], values["max_new_tokens"], dtype)
+
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def generative_signature(uri: str) -> GenerativeSignature | None:
+    """The signature of a generative model directory, or None for a tensor model."""
+    path = resolve_path(uri)
+    sig_path, doc = _read_signature(path)
+    if not isinstance(doc, dict) or doc.get("kind", "tensor") != "generative":
+        return None
+    return GenerativeSignature.from_dict(path if path.is_dir() else path.parent, doc, str(sig_path))
+
+
+def locate(uri: str) -> tuple[Path, Signature]:
+    """The model file and its signature. The URI names the model directory or the file in it."""
+    path = resolve_path(uri)
+    directory = path if path.is_dir() else path.parent
+    sig_path, doc = _read_signature(path)
+    if isinstance(doc, dict) and doc.get("kind", "tensor") not in ("tensor", "generative"):
+        raise ModelConfigError(f"{sig_path}: 'kind' must be tensor or generative, got {doc['kind']!r}")
     sig = Signature.from_dict(doc, str(sig_path))
     model_file = path if path.is_file() else directory / sig.file
     if not model_file.exists():

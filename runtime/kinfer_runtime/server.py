@@ -16,11 +16,22 @@ from pathlib import Path
 from typing import Any
 
 from kinfer_runtime.batching import Batcher
+from kinfer_runtime.engine import Engine
 from kinfer_runtime.metrics import RuntimeMetrics
-from kinfer_runtime.model import Model, ModelConfigError, example_inputs, load_model, locate
+from kinfer_runtime.model import (
+    GenerativeSignature,
+    Model,
+    ModelConfigError,
+    example_inputs,
+    generative_signature,
+    load_model,
+    locate,
+)
 from kinfer_runtime.protocol.dataplane import DataPlane
+from kinfer_runtime.protocol.generative import GenerativePlane
 from kinfer_runtime.protocol.grpc import start_grpc
 from kinfer_runtime.protocol.rest import RestApp, RestServer
+from kinfer_runtime.scheduler import Scheduler
 from kinfer_runtime.settings import Settings
 from kinfer_runtime.shadow import Shadow
 
@@ -35,19 +46,27 @@ async def serve(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; the exit code (0 after a clean drain)."""
     loop = asyncio.get_running_loop()
     try:
-        model_file, sig = locate(settings.model_uri)
+        gen_sig = generative_signature(settings.model_uri)
+        if gen_sig is None:
+            model_file, sig = locate(settings.model_uri)
+            directory = model_file.parent
     except ModelConfigError as exc:
         log.error(str(exc))
         return 2
-    directory = model_file.parent
+    if gen_sig is not None:
+        directory = gen_sig.directory
     name = settings.model_name or Path(directory).name
     metrics = RuntimeMetrics(name)
     _fetch_report(Path(directory), metrics)
-    plane = DataPlane(name, settings.model_version, sig, track=settings.track)
-    if settings.request_timeout_ms > 0:
+    plane: DataPlane | GenerativePlane
+    if gen_sig is not None:
+        plane = GenerativePlane(name, settings.model_version, gen_sig, track=settings.track)
+    else:
+        plane = DataPlane(name, settings.model_version, sig, track=settings.track)
+    if settings.request_timeout_ms > 0 and isinstance(plane, DataPlane):
         plane.default_timeout_s = settings.request_timeout_ms / 1000
     shadow = None
-    if settings.shadow_url:
+    if settings.shadow_url and isinstance(plane, DataPlane):
         shadow = Shadow(settings.shadow_url, name, metrics, rate=settings.shadow_rate,
                         timeout_s=settings.shadow_timeout_ms / 1000)  # fmt: skip
         plane.shadow = shadow
@@ -84,7 +103,12 @@ async def serve(settings: Settings) -> int:
     # one worker thread runs load, warm-up and every forward (torch state stays on one thread)
     executor = ThreadPoolExecutor(1, thread_name_prefix="kinfer-forward")
     batcher: Batcher | None = None
-    load: asyncio.Future[Model] = loop.run_in_executor(executor, _load_and_warm, settings, name, metrics)
+    engine: Engine | None = None
+    load: asyncio.Future[Any]
+    if gen_sig is not None:
+        load = loop.run_in_executor(executor, _load_generative, settings, gen_sig, name)
+    else:
+        load = loop.run_in_executor(executor, _load_and_warm, settings, name, metrics)
     stop_wait: asyncio.Future[Any] = loop.create_task(stop.wait())
     await asyncio.wait([load, stop_wait], return_when=asyncio.FIRST_COMPLETED)
     stop_wait.cancel()
@@ -97,23 +121,10 @@ async def serve(settings: Settings) -> int:
             code = 1
             stop.set()
         else:
-            mbs = settings.max_batch_size or sig.max_batch_size or 1
-            if sig.max_batch_size:
-                mbs = min(mbs, sig.max_batch_size)
-            batcher = Batcher(
-                model.forward,
-                max_batch_size=mbs,
-                max_delay_s=settings.max_delay_ms / 1000,
-                max_queue_rows=settings.max_queue,
-                concatenate=sig.batched,
-                executor=executor,
-                observer=metrics,
-                # inline forwards only on CPU: CUDA state (current device, streams) is per thread
-                inline_below_s=settings.inline_forward_ms / 1000 if model.device == "cpu" else 0.0,
-            )
-            batcher.start()
-            plane.model_loaded(batcher)
-            log.info("ready", extra={"device": model.device, "max_batch_size": mbs})
+            if isinstance(plane, GenerativePlane):
+                engine = _start_engine(model, plane, settings, executor, metrics)
+            else:
+                batcher = _start_batcher(model, plane, settings, executor, metrics)
     await stop.wait()
 
     # drain: unready now, keep accepting while endpoints update, then finish and close
@@ -127,6 +138,8 @@ async def serve(settings: Settings) -> int:
     await asyncio.gather(*waits)
     if batcher is not None:
         await batcher.stop()
+    if engine is not None:
+        await engine.stop()
     if shadow is not None:
         shadow.close()
     if metrics_server is not None:
@@ -134,6 +147,56 @@ async def serve(settings: Settings) -> int:
     executor.shutdown(wait=False, cancel_futures=True)
     log.info("stopped", extra={"exit_code": code})
     return code
+
+
+def _start_batcher(model: Model, plane: DataPlane, settings: Settings, executor: ThreadPoolExecutor,
+                   metrics: RuntimeMetrics) -> Batcher:  # fmt: skip
+    sig = model.signature
+    mbs = settings.max_batch_size or sig.max_batch_size or 1
+    if sig.max_batch_size:
+        mbs = min(mbs, sig.max_batch_size)
+    batcher = Batcher(
+        model.forward,
+        max_batch_size=mbs,
+        max_delay_s=settings.max_delay_ms / 1000,
+        max_queue_rows=settings.max_queue,
+        concatenate=sig.batched,
+        executor=executor,
+        observer=metrics,
+        # inline forwards only on CPU: CUDA state (current device, streams) is per thread
+        inline_below_s=settings.inline_forward_ms / 1000 if model.device == "cpu" else 0.0,
+    )
+    batcher.start()
+    plane.model_loaded(batcher)
+    log.info("ready", extra={"device": model.device, "max_batch_size": mbs})
+    return batcher
+
+
+def _start_engine(model: Any, plane: GenerativePlane, settings: Settings, executor: ThreadPoolExecutor,
+                  metrics: RuntimeMetrics) -> Engine:  # fmt: skip
+    sig = plane.signature
+    budget = settings.max_tokens_in_flight or settings.max_sequences * sig.context_length
+    scheduler = Scheduler(
+        context_length=sig.context_length, max_new_tokens=sig.max_new_tokens,
+        max_sequences=settings.max_sequences, max_tokens_in_flight=budget,
+        max_waiting=settings.max_queue, eos_token_id=model.eos_token_id, detokenize=model.decode,
+    )  # fmt: skip
+    engine = Engine(model, scheduler, executor, metrics)
+    engine.start()
+    plane.model_loaded(model, engine)
+    log.info("ready", extra={"device": model.device, "max_sequences": settings.max_sequences,
+                             "max_tokens_in_flight": budget})  # fmt: skip
+    return engine
+
+
+def _load_generative(settings: Settings, sig: GenerativeSignature, name: str) -> Any:
+    from kinfer_runtime import torch_model  # torch and transformers: only for torch models
+
+    model = torch_model.CausalLM(sig, settings.device)
+    if settings.warmup:
+        model.warm_up()
+    log.info("model loaded", extra={"model": name, "format": "generative", "device": model.device})
+    return model
 
 
 def _fetch_report(directory: Path, metrics: RuntimeMetrics) -> None:

@@ -21,6 +21,8 @@ class Settings:
     max_delay_ms: float = 5.0
     max_queue: int = 512
     inline_forward_ms: float = 1.0  # CPU models this fast run their forward on the event loop
+    max_sequences: int = 32  # generative: sequences in the decoding batch
+    max_tokens_in_flight: int = 0  # generative: 0 = max_sequences x the context length
     request_timeout_ms: float = 0.0  # 0: no default deadline
     drain_delay_s: float = 3.0
     drain_timeout_s: float = 25.0
@@ -46,9 +48,12 @@ _HELP = {
     "max_batch_size": "rows per forward and most rows one request may send (0 = the signature's "
     "max_batch_size; capped by it)",
     "max_delay_ms": "longest wait for a batch to fill before it runs",
-    "max_queue": "rows allowed to wait; beyond it answer 429 / RESOURCE_EXHAUSTED",
     "inline_forward_ms": "on CPU, a model whose recent forwards took less than this runs them on "
     "the event loop instead of the worker thread (0 = always the worker thread)",
+    "max_queue": "rows (generative: sequences) allowed to wait; beyond it answer 429 / RESOURCE_EXHAUSTED",
+    "max_sequences": "generative models: most sequences decoded together in one step",
+    "max_tokens_in_flight": "generative models: most tokens (prompt + max_tokens per sequence) the "
+    "running sequences may reserve (0 = max-sequences x the context length)",
     "request_timeout_ms": "default per-request deadline (0 = none); 504 / DEADLINE_EXCEEDED",
     "drain_delay_s": "after SIGTERM: keep accepting this long (readiness is already false)",
     "drain_timeout_s": "after that: longest wait for accepted requests to finish",
@@ -117,6 +122,11 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         parser.error("--max-delay-ms >= 0, --max-queue >= 1 and --max-batch-size >= 0 required")
     if settings.inline_forward_ms < 0:
         parser.error(f"--inline-forward-ms must be >= 0 (got {settings.inline_forward_ms})")
+    if settings.max_sequences < 1 or settings.max_tokens_in_flight < 0:
+        parser.error(
+            f"--max-sequences must be >= 1 (got {settings.max_sequences}) and --max-tokens-in-flight "
+            f">= 0 (got {settings.max_tokens_in_flight})"
+        )
     if settings.shadow_rate <= 0 or settings.shadow_timeout_ms <= 0:
         parser.error(
             f"--shadow-rate must be > 0 (got {settings.shadow_rate}) and --shadow-timeout-ms > 0 "

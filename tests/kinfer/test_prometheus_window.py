@@ -75,7 +75,7 @@ def test_window_from_answers() -> None:
     assert w.queue_depth_per_replica == 4
     assert w.latency_replicas is None  # no answer: the decision falls back to ready_replicas
     assert w.rows_per_second is None and w.row_seconds_per_second is None  # an older runtime
-    assert len(source.asked) == 11
+    assert len(source.asked) == 13  # 11, and the two generative signals
 
 
 def test_window_reads_the_forward_counters() -> None:

@@ -303,3 +303,24 @@ def test_https_sha256_reaches_the_initializer_and_local_models_need_none() -> No
     isvc["spec"]["model"] = {"uri": "https://models.example.com/ranker.tar.gz", "sha256": "a" * 64}
     (init,) = _pod_spec(isvc)["initContainers"]
     assert {"name": "KINFER_MODEL_SHA256", "value": "a" * 64} in init["env"] and "envFrom" not in init
+
+
+def test_generative_model_gets_continuous_batching_flags_and_a_ready_startup_probe() -> None:
+    deployment = render(load(ROOT / "examples" / "llm.yaml"), OperatorConfig())[0]
+    container = _container(deployment)
+    assert "--max-sequences=32" in container["args"]
+    assert "--max-tokens-in-flight=16384" in container["args"]
+    assert "--max-queue=64" in container["args"]
+    assert not any(a.startswith(("--max-batch-size", "--max-delay-ms")) for a in container["args"])
+    # the pod counts as started only once the model is loaded (minutes for a language model)
+    assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 1200
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_generative_needs_the_kinfer_runtime() -> None:
+    isvc = load(ROOT / "examples" / "llm.yaml")
+    isvc["spec"]["runtime"]["server"] = "triton"
+    with pytest.raises(ValueError, match=r"generative needs runtime\.server kinfer"):
+        render(isvc, OperatorConfig())

@@ -148,3 +148,45 @@ def make_slow(directory: Path, max_batch_size: int = 8) -> Path:
             "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
         },
     )
+
+
+LM_CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "a model server streams tokens to its clients one by one",
+    "kubernetes schedules pods onto nodes with gpus",
+    "hello world, hello kinfer, hello streaming answers",
+]
+
+
+def make_tiny_lm(directory: Path, context_length: int = 64, max_new_tokens: int = 32, **config: Any) -> Path:
+    """A GPT-2-style causal LM with random weights and a byte-level BPE tokenizer trained
+    here on a few sentences (saved with save_pretrained; nothing downloaded)."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(LM_CORPUS, trainer)
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
+    eos = fast.eos_token_id
+    settings = {"n_embd": 32, "n_layer": 2, "n_head": 2, "initializer_range": 0.2, **config}
+    cfg = transformers.GPT2Config(
+        vocab_size=len(fast), n_positions=context_length, bos_token_id=eos, eos_token_id=eos, **settings
+    )
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    model.generation_config.pad_token_id = eos
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    fast.save_pretrained(directory)
+    return _write_signature(
+        directory,
+        {"kind": "generative", "context_length": context_length, "max_new_tokens": max_new_tokens},
+    )

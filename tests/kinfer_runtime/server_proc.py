@@ -43,7 +43,7 @@ class Server:
 
 def start_server(
     model_dir: Path, tmp: Path, *args: str, env: dict[str, str] | None = None,
-    wait_ready: bool = True,
+    wait_ready: bool = True, timeout: float = 90,
 ) -> Server:  # fmt: skip
     """Start a runtime on free ports (port 0) and wait (with a deadline) until it is ready."""
     log_path = tmp / f"server-{model_dir.name}-{time.monotonic_ns()}.log"
@@ -56,7 +56,7 @@ def start_server(
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     server = Server(proc, log_path)
     want = "ready" if wait_ready else "listening"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in server.log_lines():
             if line.get("msg") == "listening":

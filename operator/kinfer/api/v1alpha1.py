@@ -67,9 +67,13 @@ class Model(ApiModel):
     https://HOST/PATH (a file, or a .tar/.tar.gz/.zip archive that is unpacked) are downloaded by
     an init container into the pod, through the node's model cache. Required."""
 
-    format: Literal["torchscript", "torch-export"] = "torchscript"
-    """How the model is packaged: torchscript (torch.jit.save) or torch-export (torch.export.save
-    archive). Default torchscript."""
+    format: Literal["torchscript", "torch-export", "generative"] = "torchscript"
+    """How the model is packaged: torchscript (torch.jit.save), torch-export (torch.export.save
+    archive) or generative (a Hugging Face transformers causal language model directory:
+    config.json, safetensors weights, tokenizer files and a signature.json with kind generative,
+    context_length and max_new_tokens; loaded offline, served with token streaming over
+    /v1/completions, /v1/chat/completions and /v2/models/NAME/generate[_stream]). Default
+    torchscript."""
 
     secret_name: Annotated[
         str,
@@ -119,6 +123,19 @@ class Batching(ApiModel):
     gRPC RESOURCE_EXHAUSTED. Range 1-100000, default 512."""
 
 
+class Generation(ApiModel):
+    """Continuous batching of a generative model (model.format generative)."""
+
+    max_sequences: Annotated[int, Field(ge=1, le=1024)] = 32
+    """Most sequences decoded together in one step per replica; more wait (up to
+    batching.maxQueue sequences, then HTTP 429). Range 1-1024, default 32."""
+
+    max_tokens_in_flight: Annotated[int, Field(ge=0, le=10000000)] = 0
+    """Most tokens (prompt plus max_tokens of each running sequence) one replica reserves in its
+    KV cache. 0 means maxSequences times the model's context length. Range 0-10000000,
+    default 0."""
+
+
 class Runtime(ApiModel):
     """The model server that runs in each pod."""
 
@@ -133,7 +150,11 @@ class Runtime(ApiModel):
     chosen server."""
 
     batching: Batching = Batching()
-    """Dynamic batching settings."""
+    """Dynamic batching settings. For generative models maxQueue is the number of sequences
+    allowed to wait; maxBatchSize and maxDelayMs do not apply."""
+
+    generation: Generation = Generation()
+    """Continuous batching settings of generative models (ignored for other formats)."""
 
 
 class Resources(ApiModel):
@@ -277,7 +298,17 @@ class Targets(ApiModel):
 
     p95_latency_ms: Annotated[int, Field(ge=1, le=600000)] = 250
     """95th-percentile request latency, in milliseconds, the autoscaler keeps replicas under.
-    Range 1-600000, default 250."""
+    Range 1-600000, default 250. Generative models stream for seconds: their request latency
+    is not scaled on; set p95TimeToFirstTokenMs and tokensInFlightPerReplica instead."""
+
+    p95_time_to_first_token_ms: Annotated[int | None, Field(ge=1, le=600000)] = None
+    """Generative models: 95th-percentile time to first token (arrival to the first generated
+    token), in milliseconds, the autoscaler keeps replicas under. Unset means not a target.
+    Range 1-600000."""
+
+    tokens_in_flight_per_replica: Annotated[int | None, Field(ge=1, le=10000000)] = None
+    """Generative models: tokens reserved by running sequences (prompt plus max_tokens each) per
+    replica the autoscaler aims for. Unset means not a target. Range 1-10000000."""
 
 
 class ScaleToZero(ApiModel):
@@ -461,6 +492,12 @@ class InferenceServiceSpec(ApiModel):
     """Desired state of an InferenceService."""
 
     rules = (
+        Rule(
+            cel="self.model.format != 'generative' || self.runtime.server == 'kinfer'",
+            message="model.format generative needs runtime.server kinfer",
+            holds=lambda s: s["model"]["format"] != "generative" or s["runtime"]["server"] == "kinfer",
+            field="runtime.server",
+        ),
         Rule(
             cel="!has(self.rollout.canary) || !has(self.rollout.canary.analysis.drift) "
             "|| self.runtime.server == 'kinfer'",

@@ -359,6 +359,22 @@ def by_latency(spec: Scaling, window: MetricsWindow) -> int:
     return wanted
 
 
+def by_generation(spec: Scaling, window: MetricsWindow) -> int:
+    """Generative models, when their targets are set: replicas so each holds
+    ``targets.tokensInFlightPerReplica`` reserved tokens, and the pods behind the p95 time to
+    first token scaled by p95 / ``targets.p95TimeToFirstTokenMs`` (HPA tolerance). 0 otherwise."""
+    t = spec.targets
+    by_tokens = 0
+    if t.tokens_in_flight_per_replica is not None:
+        by_tokens = max(0, math.ceil(window.tokens_in_flight / t.tokens_in_flight_per_replica - _EPS))
+    by_ttft = 0
+    replicas = _latency_pool(window)
+    if t.p95_time_to_first_token_ms is not None and window.p95_ttft_ms is not None and replicas > 0:
+        ratio = window.p95_ttft_ms / t.p95_time_to_first_token_ms
+        by_ttft = replicas if abs(ratio - 1) <= LATENCY_TOLERANCE else math.ceil(replicas * ratio - _EPS)
+    return max(by_tokens, by_ttft)
+
+
 def _p95_predates_pool(spec: Scaling, window: MetricsWindow) -> bool:
     """The pool grew during the latency window and the queue now is within target for it."""
     grew = window.latency_replicas is not None and window.latency_replicas < window.ready_replicas
@@ -533,7 +549,19 @@ def decide(spec: Scaling, window: MetricsWindow, state: ScalingState, now: float
         # the pods are slower than their learned curve: one more pod a tick, not the HPA's
         # multiplication of a backlog's latency.
         latency = check_latency(latency, window.ready_replicas)
-    raw = max(sized, backlog, latency)
+    generation = by_generation(spec, window)
+    if generation:
+        terms.append(
+            Term(
+                "by_generation",
+                generation,
+                f"tokens in flight {window.tokens_in_flight:g} / target "
+                f"{spec.targets.tokens_in_flight_per_replica}; p95 TTFT "
+                + ("none" if window.p95_ttft_ms is None else f"{window.p95_ttft_ms:.0f}ms")
+                + f" / target {spec.targets.p95_time_to_first_token_ms}ms",
+            )
+        )
+    raw = max(sized, backlog, latency, generation)
     state = replace(state, fit=fit, history=record_history(state.history, now, window.queue_depth, arrivals))
 
     last_demand = track_demand(state.last_demand_at, window, now)

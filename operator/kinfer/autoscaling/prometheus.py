@@ -37,6 +37,8 @@ class Queries:
     inflight: str
     p95_latency_ms: str
     request_rate: str
+    p95_ttft_ms: str
+    tokens_in_flight: str
     # The runtime's forwards, for the fit of its batch-latency curve (decision.learn_forward).
     rows_per_second: str
     forwards_per_second: str
@@ -68,6 +70,12 @@ def queries(namespace: str, name: str, track: str | None = None) -> Queries:
         # Aggregate the buckets across pods first: the p95 of the service, not a mean of p95s.
         p95_latency_ms=(f"histogram_quantile(0.95, sum by (le) (rate({buckets}[{RATE_WINDOW}]))) * 1000"),
         request_rate=f"sum(rate(kinfer_requests_total{{{sel}}}[{RATE_WINDOW}]))",
+        # Generative models: no series (None / 0) for other formats.
+        p95_ttft_ms=(
+            "histogram_quantile(0.95, sum by (le) "
+            f"(rate(kinfer_time_to_first_token_seconds_bucket{{{sel}}}[{RATE_WINDOW}]))) * 1000"
+        ),
+        tokens_in_flight=f"sum(kinfer_tokens_in_flight{{{sel}}})",
         rows_per_second=f"sum(rate(kinfer_batch_size_sum{{{sel}}}[{RATE_WINDOW}]))",
         forwards_per_second=f"sum(rate(kinfer_batch_size_count{{{sel}}}[{RATE_WINDOW}]))",
         busy_seconds_per_second=f"sum(rate(kinfer_forward_seconds_total{{{sel}}}[{RATE_WINDOW}]))",
@@ -101,6 +109,8 @@ def read_window(
         inflight = source.scalar(q.inflight)
         p95 = source.scalar(q.p95_latency_ms)
         rate = source.scalar(q.request_rate)
+        ttft = source.scalar(q.p95_ttft_ms)
+        tokens = source.scalar(q.tokens_in_flight)
         forwards = tuple(
             source.scalar(promql)
             for promql in (
@@ -125,6 +135,8 @@ def read_window(
         request_rate=_finite(rate),
         ready_replicas=int(_finite(ready)),
         latency_replicas=None if latency_replicas is None else int(_finite(latency_replicas)),
+        p95_ttft_ms=None if ttft is None or math.isnan(ttft) else ttft,
+        tokens_in_flight=_finite(tokens),
         rows_per_second=_optional(forwards[0]),
         forwards_per_second=_optional(forwards[1]),
         busy_seconds_per_second=_optional(forwards[2]),

@@ -31,6 +31,10 @@ class MetricsWindow:
     request_rate: float = 0.0
     """Requests answered per second over the rate window."""
     ready_replicas: int = 0
+    p95_ttft_ms: float | None = None
+    """Generative models: p95 time to first token over the latency window (None: no tokens)."""
+    tokens_in_flight: float = 0.0
+    """Generative models: tokens reserved by running sequences, summed over the pods."""
     latency_replicas: int | None = None
     """Fewest pods that reported during the latency window: the pool that produced the p95.
     Right after a scale-up the p95 still describes the old, smaller pool. None: use
@@ -84,6 +88,7 @@ class MetricsWindow:
     def from_dict(cls, data: dict[str, Any]) -> MetricsWindow:
         p95 = data.get("p95_latency_ms")
         lr = data.get("latency_replicas")
+        ttft = data.get("p95_ttft_ms")
 
         def opt(key: str) -> float | None:
             value = data.get(key)
@@ -100,6 +105,8 @@ class MetricsWindow:
             request_rate=float(data.get("request_rate", 0.0)),
             ready_replicas=int(data.get("ready_replicas", 0)),
             latency_replicas=None if lr is None else int(lr),
+            p95_ttft_ms=None if ttft is None else float(ttft),
+            tokens_in_flight=float(data.get("tokens_in_flight", 0.0)),
             rows_per_second=opt("rows_per_second"),
             forwards_per_second=opt("forwards_per_second"),
             busy_seconds_per_second=opt("busy_seconds_per_second"),

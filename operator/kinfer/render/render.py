@@ -27,6 +27,8 @@ INITIALIZER = "storage-initializer"
 DRAIN_SECONDS = 5
 # preStop drain, then the runtime finishes accepted requests: a batch at most a few seconds.
 GRACE_SECONDS = 45
+# Startup probe failures allowed (every 2 s) while a generative model loads: 20 minutes.
+STARTUP_FAILURES_GENERATIVE = 600
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -197,13 +199,24 @@ def _server_args(name: str, spec: api.InferenceServiceSpec, model_uri: str) -> l
             "--allow-metrics=true",
         ]
     batching = spec.runtime.batching
-    return [
+    common = [
         f"--model-uri={model_uri}",
         f"--model-name={name}",
         "--host=0.0.0.0",
         f"--http-port={HTTP_PORT}",
         f"--grpc-port={GRPC_PORT}",
         f"--metrics-port={HTTP_PORT}",
+    ]
+    if spec.model.format == "generative":
+        generation = spec.runtime.generation
+        return [
+            *common,
+            f"--max-sequences={generation.max_sequences}",
+            f"--max-tokens-in-flight={generation.max_tokens_in_flight}",
+            f"--max-queue={batching.max_queue}",
+        ]
+    return [
+        *common,
         f"--max-batch-size={batching.max_batch_size}",
         f"--max-delay-ms={batching.max_delay_ms}",
         f"--max-queue={batching.max_queue}",
@@ -370,6 +383,9 @@ def render(isvc: dict[str, Any], config: OperatorConfig) -> list[dict[str, Any]]
             **common,
             track=t,
             pod=pod,
+            # a language model loads for minutes: the pod counts as started once it is ready
+            startup_path="/v2/health/ready" if t.model.format == "generative" else "/v2/health/live",
+            startup_failures=STARTUP_FAILURES_GENERATIVE if t.model.format == "generative" else 150,
             grace_seconds=GRACE_SECONDS,
             drain_seconds=DRAIN_SECONDS,
         )

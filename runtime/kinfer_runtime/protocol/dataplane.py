@@ -26,6 +26,12 @@ class AnswerSink(Protocol):
     def offer(self, request: InferRequest, response: InferResponse) -> None: ...
 
 
+def answer_headers(model_version: str, track: str) -> list[tuple[str, str]]:
+    """Sent with every inference answer (HTTP headers, gRPC metadata): who answered."""
+    headers = [("kinfer-model-version", model_version)]
+    return [("kinfer-track", track), *headers] if track else headers
+
+
 class DataPlane:
     def __init__(self, model_name: str, model_version: str, signature: Signature, track: str = "") -> None:
         self.model_name = model_name
@@ -43,9 +49,7 @@ class DataPlane:
         self.shadow: AnswerSink | None = None  # canary drift check (--shadow-url)
 
     def answer_headers(self) -> list[tuple[str, str]]:
-        """Sent with every inference answer (HTTP headers, gRPC metadata): who answered."""
-        headers = [("kinfer-model-version", self.model_version)]
-        return [("kinfer-track", self.track), *headers] if self.track else headers
+        return answer_headers(self.model_version, self.track)
 
     # ---- lifecycle ----
 

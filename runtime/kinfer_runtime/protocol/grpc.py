@@ -20,6 +20,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from kinfer_runtime.metrics import RuntimeMetrics
 from kinfer_runtime.protocol import codec
+from kinfer_runtime.protocol import generate_types as gt
 from kinfer_runtime.protocol.dataplane import DataPlane
 from kinfer_runtime.protocol.errors import (
     GRPC_TO_HTTP,
@@ -27,6 +28,7 @@ from kinfer_runtime.protocol.errors import (
     InvalidInput,
     grpc_code_name,
 )
+from kinfer_runtime.protocol.generative import GenerativePlane
 from kinfer_runtime.protocol.v2_types import NUMPY_DTYPE, InferRequest, RequestedOutput, Tensor
 
 log = logging.getLogger("kinfer_runtime.grpc")
@@ -115,7 +117,7 @@ def encode_response(resp: Any) -> Any:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    def __init__(self, plane: DataPlane, metrics: RuntimeMetrics) -> None:
+    def __init__(self, plane: DataPlane | GenerativePlane, metrics: RuntimeMetrics) -> None:
         self.plane = plane
         self.metrics = metrics
         self.answer_metadata = tuple(plane.answer_headers())
@@ -177,6 +179,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             remaining = context.time_remaining()
             now = asyncio.get_running_loop().time()
             deadline = None if remaining is None else now + remaining
+            if not isinstance(self.plane, DataPlane):
+                raise InvalidInput(f"model '{self.plane.model_name}' is generative: use the REST generate "
+                                   "or /v1 endpoints")  # fmt: skip
             resp = await self.plane.infer(decode_request(request), deadline)
             msg = encode_response(resp)
             code = "OK"
@@ -192,13 +197,62 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         finally:
             self.metrics.request_finished(GRPC_TO_HTTP.get(code, 500), time.perf_counter() - started)
 
+    async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> Any:
+        """Generative models over Triton's decoupled streaming: each request (input
+        `text_input`, BYTES; sampling in parameters) answers one response per text piece with
+        output `text_output`, then an empty one with parameter `triton_final_response`."""
+        async for msg in request_iterator:
+            started = time.perf_counter()
+            self.metrics.request_started()
+            code = 499
+            try:
+                async for response in self._generate(msg):
+                    yield response
+                code = 200
+            except InferenceError as exc:
+                code = GRPC_TO_HTTP.get(grpc_code_name(exc), 500)
+                yield pb.ModelStreamInferResponse(error_message=exc.message)
+            finally:
+                self.metrics.request_finished(code, time.perf_counter() - started, timed=False)
+
+    async def _generate(self, msg: Any) -> Any:
+        plane = self.plane
+        if not isinstance(plane, GenerativePlane):
+            raise InvalidInput(f"model '{plane.model_name}' is not generative: use ModelInfer")
+        request = decode_request(msg)
+        fields: dict[str, Any] = dict(request.parameters)
+        for t in request.inputs:
+            if t.name == "text_input" and t.data.size == 1:
+                value = t.data.ravel()[0]
+                fields["text_input"] = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        gen = plane.start(gt.generate_request(fields, request.model_name, request.model_version, True))
+
+        def answer(text: str, final: bool) -> Any:
+            out = pb.ModelInferResponse(model_name=plane.model_name, model_version=plane.model_version,
+                                        id=request.id)  # fmt: skip
+            tensor = out.outputs.add()
+            tensor.name, tensor.datatype = "text_output", "BYTES"
+            tensor.shape.append(1)
+            data = np.empty(1, dtype=object)
+            data[0] = text.encode()
+            out.raw_output_contents.append(codec.to_raw(data, "BYTES"))
+            if final:
+                out.parameters["triton_final_response"].bool_param = True
+                out.parameters["finish_reason"].string_param = gen.finish_reason
+                out.parameters["completion_tokens"].int64_param = gen.completion_tokens
+            return pb.ModelStreamInferResponse(infer_response=out)
+
+        async for piece in gen.text():
+            yield answer(piece, False)
+        yield answer("", True)
+
 
 async def _abort(context: Any, exc: InferenceError) -> Any:
     await context.abort(grpc.StatusCode[grpc_code_name(exc)], exc.message)
 
 
 async def start_grpc(
-    plane: DataPlane, metrics: RuntimeMetrics, host: str, port: int
+    plane: DataPlane | GenerativePlane, metrics: RuntimeMetrics, host: str, port: int
 ) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(
         options=[

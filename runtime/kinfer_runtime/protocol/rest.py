@@ -2,7 +2,9 @@
 
 Thin on purpose: parse, route, call the data plane, encode. Keep-alive and pipelining are
 supported (answers go out in request order). Health and metadata are answered inline; only
-infer creates a task. During drain every answer carries `Connection: close`.
+infer and generation create a task. Streamed answers (server-sent events) go out with chunked
+transfer encoding; a client that disconnects mid-stream cancels its generation at once. During
+drain every answer carries `Connection: close`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import os
 import time
 import zlib
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -23,6 +26,7 @@ import orjson
 from kinfer_runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kinfer_runtime.metrics import RuntimeMetrics
 from kinfer_runtime.protocol import codec
+from kinfer_runtime.protocol import generate_types as gt
 from kinfer_runtime.protocol.dataplane import DataPlane
 from kinfer_runtime.protocol.errors import (
     InferenceError,
@@ -32,10 +36,12 @@ from kinfer_runtime.protocol.errors import (
     RouteNotFound,
     http_status,
 )
+from kinfer_runtime.protocol.generative import Generation, GenerativePlane
 
 log = logging.getLogger("kinfer_runtime.rest")
 
 JSON = b"application/json"
+SSE = b"text/event-stream"
 OCTET = b"application/octet-stream"
 _REASONS = {
     100: b"Continue", 200: b"OK", 400: b"Bad Request", 404: b"Not Found", 408: b"Request Timeout",
@@ -70,6 +76,8 @@ class Response:
     content_type: bytes = JSON
     header_length: int | None = None
     headers: bytes = b""  # extra header lines, each ending in CRLF
+    stream: AsyncGenerator[bytes, None] | None = None  # chunks of a streamed answer (body unused)
+    abort: Callable[[], None] | None = None  # the stream never started: release what it holds
 
 
 def _json(status: int, doc: Any) -> Response:
@@ -81,11 +89,28 @@ def _error(exc: BaseException) -> Response:
     return _json(http_status(exc), {"error": message})
 
 
+def _openai_error(exc: BaseException) -> Response:
+    """OpenAI clients read `error.message`; `param` names the field when the message starts
+    with it."""
+    message = exc.message if isinstance(exc, InferenceError) else f"internal error: {exc}"
+    status = http_status(exc)
+    param = message.split(":", 1)[0] if ":" in message and " " not in message.split(":", 1)[0] else None
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return _json(status, {"error": {"message": message, "type": kind, "param": param, "code": status}})
+
+
+def _sse(doc: Any) -> bytes:
+    return b"data: " + orjson.dumps(doc) + b"\n\n"
+
+
+_GENERATE_ROUTES = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
+
+
 class RestApp:
     """Routes one parsed request. `metrics_only` serves just /metrics (a separate port)."""
 
     def __init__(
-        self, plane: DataPlane, metrics: RuntimeMetrics, *, serve_metrics: bool = True,
+        self, plane: DataPlane | GenerativePlane, metrics: RuntimeMetrics, *, serve_metrics: bool = True,
         metrics_only: bool = False, max_body_bytes: int = 64 << 20,
         head_timeout_s: float = HEAD_TIMEOUT_S,
     ) -> None:  # fmt: skip
@@ -108,6 +133,13 @@ class RestApp:
             if self.metrics_only:
                 raise RouteNotFound(f"no route {path}; this port serves /metrics")
             plane = self.plane
+            if path in _GENERATE_ROUTES:
+                _only(method, b"POST")
+                return None
+            if path == "/v1/models":
+                _only(method, b"GET")
+                return _json(200, {"object": "list", "data": [{"id": plane.model_name, "object": "model",
+                                                               "owned_by": "kinfer"}]})  # fmt: skip
             if path == "/v2/health/live":
                 _only(method, b"GET")
                 return _json(200, {"live": True})
@@ -129,7 +161,7 @@ class RestApp:
             name, version, tail = parts[0], "", parts[1:]
             if len(tail) >= 2 and tail[0] == "versions":
                 version, tail = tail[1], tail[2:]
-            if tail == ["infer"]:
+            if tail in (["infer"], ["generate"], ["generate_stream"]):
                 _only(method, b"POST")
                 plane.check_model(name, version)
                 return None
@@ -147,6 +179,12 @@ class RestApp:
         except InferenceError as exc:
             return _error(exc)
 
+    async def serve(self, path: str, headers: dict[bytes, bytes], body: bytes) -> Response:
+        """What `route_sync` left to run async: infer, or generation."""
+        if path in _GENERATE_ROUTES or path.endswith(("/generate", "/generate_stream")):
+            return await self.generate(path, headers, body)
+        return await self.infer(path, headers, body)
+
     async def infer(self, path: str, headers: dict[bytes, bytes], body: bytes) -> Response:
         resp = await self._infer(path, headers, body)
         resp.headers = self._answer_headers
@@ -163,6 +201,11 @@ class RestApp:
             body = _decompress(headers.get(b"content-encoding"), body, self.max_body_bytes)
             request = codec.decode_infer_request(body, _header_length(headers), parts[0], version)
             request_id = request.id
+            if not isinstance(self.plane, DataPlane):
+                raise InvalidInput(
+                    f"model '{self.plane.model_name}' is generative: POST /v2/models/{{m}}/generate, "
+                    "generate_stream, /v1/completions or /v1/chat/completions"
+                )
             response = await self.plane.infer(request)
             payload, header_length = codec.encode_infer_response(response)
             code = 200
@@ -178,6 +221,92 @@ class RestApp:
             return _error(exc)
         finally:
             self.metrics.request_finished(code, time.perf_counter() - started)
+
+    async def generate(self, path: str, headers: dict[bytes, bytes], body: bytes) -> Response:
+        """Completions, chat completions, v2 generate and generate_stream. Every refusal
+        happens before the first token; a streamed answer counts as finished when its last
+        event is written (or its client goes away)."""
+        started = time.perf_counter()
+        self.metrics.request_started()
+        api = _GENERATE_ROUTES.get(path, "generate")
+        errors = _openai_error if api != "generate" else _error
+        try:
+            plane = self.plane
+            if not isinstance(plane, GenerativePlane):
+                raise InvalidInput(f"model '{plane.model_name}' is not generative: POST .../infer")
+            body = _decompress(headers.get(b"content-encoding"), body, self.max_body_bytes)
+            if api == "completions":
+                req = gt.parse_completion(body)
+            elif api == "chat":
+                req = gt.parse_chat(body)
+            else:
+                parts = path[len("/v2/models/") :].split("/")
+                version = parts[2] if parts[1] == "versions" else ""
+                req = gt.parse_generate(body, parts[0], version, path.endswith("_stream"))
+            gen = plane.start(req)
+        except InferenceError as exc:
+            code = http_status(exc)
+            _log_error(code, exc.message, "", headers)
+            self.metrics.request_finished(code, time.perf_counter() - started, timed=False)
+            return errors(exc)
+        rid = f"cmpl-{_PID}-{next(_ids)}"
+        created = int(time.time())
+        if req.stream:
+
+            def abort() -> None:  # the client left before the stream began
+                gen.cancel()
+                self.metrics.request_finished(499, time.perf_counter() - started, timed=False)
+
+            events = self._events(req, gen, rid, created, started)
+            return Response(200, b"", SSE, stream=events, abort=abort)
+        code = 499  # the client went away before the end
+        try:
+            text = "".join([piece async for piece in gen.text()])
+            code = 200
+        except InferenceError as exc:
+            code = http_status(exc)
+            return errors(exc)
+        finally:
+            gen.cancel()
+            self.metrics.request_finished(code, time.perf_counter() - started, timed=False)
+        used = gt.usage(gen.prompt_tokens, gen.completion_tokens)
+        if api == "generate":
+            return _json(200, gt.generate_body(plane.model_name, plane.model_version, text,
+                                               gen.finish_reason, used))  # fmt: skip
+        return _json(200, gt.openai_body(req, rid, created, text, gen.finish_reason, used))
+
+    async def _events(self, req: gt.GenerateRequest, gen: Generation, rid: str, created: int,
+                      started: float) -> AsyncGenerator[bytes, None]:  # fmt: skip
+        code = 499  # the client went away before the end
+        plane = self.plane
+        first = True
+        try:
+            try:
+                async for piece in gen.text():
+                    if req.api == "generate":
+                        yield _sse(gt.generate_body(plane.model_name, plane.model_version, piece, "", None))
+                    else:
+                        yield _sse(gt.openai_chunk(req, rid, created, piece, None, first))
+                    first = False
+            except InferenceError as exc:  # after the 200 went out: an error event ends it
+                code = http_status(exc)
+                yield _sse({"error": {"message": exc.message, "type": "server_error", "code": code}})
+                return
+            used = gt.usage(gen.prompt_tokens, gen.completion_tokens)
+            if req.api == "generate":
+                yield _sse(
+                    gt.generate_body(plane.model_name, plane.model_version, "", gen.finish_reason, used)
+                )
+            else:
+                last = gt.openai_chunk(req, rid, created, "", gen.finish_reason, first)
+                if req.include_usage:
+                    last["usage"] = used
+                yield _sse(last)
+                yield b"data: [DONE]\n\n"
+            code = 200
+        finally:
+            gen.cancel()
+            self.metrics.request_finished(code, time.perf_counter() - started, timed=False)
 
 
 def _only(method: bytes, allowed: bytes) -> None:
@@ -270,6 +399,7 @@ class HttpConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_size = 0
         self._too_large = False
+        self._streaming: asyncio.Task[None] | None = None
 
     # ---- asyncio.Protocol ----
 
@@ -279,6 +409,8 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if self._streaming is not None:
+            self._streaming.cancel()  # the generation behind the stream stops at the next step
         self._stop_head_timer()
         self._server.connection_closed(self)
 
@@ -408,10 +540,48 @@ class HttpConnection(asyncio.Protocol):
             self._transport.resume_reading()
 
     async def _serve_async(self, req: _Request) -> None:
-        resp = await self._app.infer(req.path, req.headers, req.body)
+        resp = await self._app.serve(req.path, req.headers, req.body)
+        if resp.stream is not None:
+            ok = await self._write_stream(resp, req.keep_alive)
+        else:
+            ok = self._write(resp, req.keep_alive)
         self._running = False
-        if self._write(resp, req.keep_alive):
+        if ok:
             self._serve_next()
+
+    async def _write_stream(self, resp: Response, keep_alive: bool) -> bool:
+        """Send a streamed answer with chunked encoding; False when the connection closed."""
+        assert resp.stream is not None
+        transport = self._transport
+        if transport is None or self._closed:
+            if resp.abort is not None:
+                resp.abort()  # an unstarted generator's cleanup would never run
+            return False
+        keep = keep_alive and not self._server.closing
+        transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncache-control: no-cache\r\n"
+            b"transfer-encoding: chunked\r\n%s\r\n"
+            % (resp.status, _REASONS.get(resp.status, b"Status"), resp.content_type,
+               b"" if keep else b"connection: close\r\n")
+        )  # fmt: skip
+        self._streaming = asyncio.current_task()
+        try:
+            async for piece in resp.stream:
+                if self._closed:
+                    break
+                transport.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        except asyncio.CancelledError:
+            return False  # the client went away; the generator's cleanup has run
+        finally:
+            self._streaming = None
+            await resp.stream.aclose()
+        if self._closed:
+            return False
+        transport.write(b"0\r\n\r\n")
+        if not keep:
+            self.close()
+            return False
+        return True
 
     def _write(self, resp: Response, keep_alive: bool) -> bool:
         """Send one answer; False when the connection is closed after it."""
