@@ -65,6 +65,8 @@ def container_env(pod: Obj, c: Obj) -> dict[str, str]:
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
     }
+    if os.environ.get("PYTHONPATH"):  # the pods run the code the launcher runs (a checkout)
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     for e in c.get("env", []):
         if "value" in e:
             env[e["name"]] = expand(e["value"], env)
