@@ -191,7 +191,7 @@ def test_a_missing_object_and_a_missing_secret_name_their_cause(
     wait_for(lambda: reason("missing", f"NotFound: s3://{bucket}/none/"), 30,
              describe=lambda: setup.why(namespace, "inferenceservice/missing"))  # fmt: skip
     wait_for(lambda: reason("nosecret", 'secret "absent" not found'), 30,
-             describe=lambda: setup.why(namespace, "inferenceservice/nosecret"))  # fmt: skip
+             describe=lambda: setup.why(namespace, "inferenceservice/nosecret", "pods"))  # fmt: skip
 
 
 def test_https_model_with_sha256_becomes_ready_and_a_wrong_digest_fails(
