@@ -285,7 +285,8 @@ def explain_scale(name: str | None, namespace: str, recorded: str | None, promet
     """Show the autoscaler's decision for an InferenceService and every term that led to it.
 
     Live: reads the InferenceService (KUBECONFIG) and its window from Prometheus, and decides
-    from the replicas running now, as a freshly started operator would. Offline: -f FILE.
+    from the replicas running now and the state the operator saved in status (learned
+    throughput, rate history, measured cold start), as a new leader would. Offline: -f FILE.
     """
     from kinfer.autoscaling.explain import explain, explain_recorded
 
@@ -299,7 +300,7 @@ def explain_scale(name: str | None, namespace: str, recorded: str | None, promet
     from kinfer.api.v1alpha1 import validate_spec
     from kinfer.apply import Cluster, load_client_config
     from kinfer.autoscaling.decision import decide
-    from kinfer.autoscaling.loop import initial_state
+    from kinfer.autoscaling.loop import initial_state, inputs
     from kinfer.autoscaling.prometheus import PrometheusSource, read_window
 
     isvc = Cluster(load_client_config()).get_isvc(namespace, name)
@@ -309,7 +310,7 @@ def explain_scale(name: str | None, namespace: str, recorded: str | None, promet
     if scaling.mode != "metrics":
         click.echo(f"mode {scaling.mode}: the kinfer autoscaler does not scale this service")
     now = time.time()
-    window = read_window(PrometheusSource(prometheus_url), namespace, name, now=now)
+    window = inputs(isvc, read_window(PrometheusSource(prometheus_url), namespace, name, now=now))
     state = initial_state(scaling, isvc.get("status") or {})
     click.echo(explain(decide(scaling, window, state, now), window))
 

@@ -95,8 +95,8 @@ def _ready_since(pod: dict[str, Any]) -> datetime | None:
     return None
 
 
-def cold_start(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """status.coldStart from the most recently ready pod's own timestamps and the storage
+def last_start(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """status.lastStart from the most recently ready pod's own timestamps and the storage
     initializer's report (its termination message): None while no pod is ready."""
     ready = [(since, pod) for pod in pods if (since := _ready_since(pod)) is not None]
     if not ready:
@@ -127,8 +127,8 @@ def cold_start(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     return out
 
 
-def cold_start_message(cold: dict[str, Any]) -> str:
-    """The event text for a new coldStart."""
+def last_start_message(cold: dict[str, Any]) -> str:
+    """The event text for a new lastStart."""
     parts = [f"pod {cold['pod']}"]
     if "downloadSeconds" in cold:
         source = "node cache hit" if cold.get("cacheHit") else f"{cold.get('downloadBytes', 0) / 1e6:.1f} MB"

@@ -4,6 +4,12 @@
 - kinfer_inflight_requests{model}              gauge: infer requests accepted, not yet answered
 - kinfer_request_duration_seconds{model,phase} histogram; phase = total | queue | compute
 - kinfer_batch_size{model}                     histogram of rows per forward
+- kinfer_forward_seconds_total{model}          counter: seconds spent in forwards (busy time)
+- kinfer_batch_rows_squared_total{model}       counter: sum of rows² over forwards. With the
+                                               batch-size histogram's count and sum, the forward
+                                               seconds and the compute-phase duration sum (rows x
+                                               their forward's seconds), the operator fits the
+                                               batch-latency line t = a + b x rows by least squares
 - kinfer_requests_total{model,code}            counter; code = HTTP status (gRPC mapped to it)
 
 Model start (once per process; the download part from the storage initializer's report):
@@ -77,6 +83,18 @@ class RuntimeMetrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         ).labels(model)
+        self._forward_seconds = Counter(
+            "kinfer_forward_seconds",
+            "Seconds spent in model forwards (the replica's busy time).",
+            ["model"],
+            registry=r,
+        ).labels(model)
+        self._rows_squared = Counter(
+            "kinfer_batch_rows_squared",
+            "Sum of squared rows per forward (for the autoscaler's fit of the batch-latency curve).",
+            ["model"],
+            registry=r,
+        ).labels(model)
         self._requests = Counter(
             "kinfer_requests_total",
             "Infer requests answered, by HTTP status code.",
@@ -148,6 +166,8 @@ class RuntimeMetrics:
 
     def batch(self, rows: int, queue_s: Sequence[float], compute_s: float) -> None:
         self._batch.observe(rows)
+        self._forward_seconds.inc(compute_s)
+        self._rows_squared.inc(rows * rows)
         for q in queue_s:
             self._queue.observe(q)
             self._compute.observe(compute_s)

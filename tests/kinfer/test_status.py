@@ -116,7 +116,7 @@ def test_a_download_that_succeeded_after_retries_is_no_problem() -> None:
 
 
 def test_cold_start_is_read_from_the_latest_ready_pod() -> None:
-    from kinfer.status import cold_start, cold_start_message
+    from kinfer.status import last_start, last_start_message
 
     def ready_pod(name: str, created: str, started: str, ready: str, report: str) -> dict[str, Any]:
         return {
@@ -140,11 +140,11 @@ def test_cold_start_is_read_from_the_latest_ready_pod() -> None:
         ready_pod("m-2", "2026-01-01T00:01:00Z", "2026-01-01T00:01:02Z", "2026-01-01T00:01:04Z", hit),
         _initializing({"running": {}}),
     ]
-    cold = cold_start(pods)
+    cold = last_start(pods)
     assert cold == {"pod": "m-2", "createdToReadySeconds": 4.0, "startSeconds": 2.0, "downloadSeconds": 0.0,
                     "downloadBytes": 0, "cacheHit": True}  # fmt: skip
-    assert "node cache hit" in cold_start_message(cold)
-    first = cold_start(pods[:1])
+    assert "node cache hit" in last_start_message(cold)
+    first = last_start(pods[:1])
     assert first == {"pod": "m-1", "createdToReadySeconds": 9.0, "startSeconds": 3.0, "downloadSeconds": 4.25,
                      "downloadBytes": 500000000, "cacheHit": False}  # fmt: skip
-    assert cold_start(pods[2:]) is None
+    assert last_start(pods[2:]) is None

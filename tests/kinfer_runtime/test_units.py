@@ -198,3 +198,36 @@ def test_json_data_of_the_right_types_decodes() -> None:
 def test_default_host_is_loopback() -> None:
     assert settings.parse(["--model-uri", "/x"], {}).host == "127.0.0.1"
     assert settings.parse(["--model-uri", "/x"], {"KINFER_HOST": "0.0.0.0"}).host == "0.0.0.0"
+
+
+def test_a_head_that_trickles_in_is_cut_off(tmp_path: Path) -> None:
+    """Slowloris: a head still incomplete after the head timeout is answered 408 and closed;
+    the server goes on answering other connections."""
+    from kinfer_runtime.metrics import RuntimeMetrics
+    from kinfer_runtime.protocol.rest import RestApp, RestServer
+
+    _, sig = locate(str(make_slow(tmp_path / "m")))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = RestServer(RestApp(DataPlane("m", "1", sig), RuntimeMetrics("m"), head_timeout_s=0.3))
+        port = await server.start("127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /v2 HTTP/1.1\r\nx-slow: a")
+        t0 = loop.time()
+        for _ in range(3):
+            await asyncio.sleep(0.05)
+            writer.write(b"a")  # still arriving, never finished
+        reply = await asyncio.wait_for(reader.read(), 5)
+        assert reply.startswith(b"HTTP/1.1 408"), reply
+        assert b"request head not complete 0.3 s after it began" in reply
+        assert 0.25 < loop.time() - t0 < 2
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /v2/health/live HTTP/1.1\r\n\r\n")
+        await asyncio.sleep(0.5)  # longer than the head timeout: a finished head is not cut off
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 200")
+        writer.close()
+        await server.drain(0.0, 1.0)
+
+    asyncio.run(main())

@@ -560,7 +560,55 @@ class CanaryStatus(ApiModel):
     canary Deployment is scaled to zero, so removing spec.rollout.canary costs no capacity."""
 
 
-class ColdStart(ApiModel):
+class ColdStartStatus(ApiModel):
+    """How long this service's new pods take from created to Ready, as the operator measured it
+    from the API (pods with no container restart). The autoscaler's headroom and backlog terms
+    use it."""
+
+    seconds: float
+    """The estimate, in seconds: a moving average over measured pods (recent pods weigh at
+    least a fifth)."""
+
+    samples: int = 0
+    """Pods measured so far."""
+
+    measured_until: str = ""
+    """Ready time of the newest pod counted (RFC 3339); pods Ready later are new samples."""
+
+
+class AutoscalerStatus(ApiModel):
+    """What the autoscaler carries between ticks (mode metrics), saved so that a restarted
+    operator or a new leader continues with the same stabilization window, panic and learned
+    throughput instead of starting over. Written at most about once a minute, and whenever the
+    count or the panic state changes. Times are Unix seconds."""
+
+    saved_at: float = 0
+    """When this was saved (Unix seconds)."""
+
+    recommendations: list[list[float]] = []
+    """(time, replicas) pairs within the longest stabilization window."""
+
+    panic_until: float | None = None
+    """Panic holds until this time; absent when not panicking."""
+
+    panic_floor: int = 0
+    """Fewest replicas while the panic lasts."""
+
+    last_demand_at: float | None = None
+    """When demand (queue, in flight or requests) was last seen."""
+
+    last_scale_at: float | None = None
+    """When the autoscaler last changed the count."""
+
+    fit: list[float] = []
+    """Decayed per-second sums over forwards (count, rows, seconds, rows², rows x seconds) and
+    when they were decayed: the fit of the runtime's batch-latency line."""
+
+    history: list[list[float]] = []
+    """(time, queue depth, arrival rate) per tick over the last 10 minutes."""
+
+
+class PodStart(ApiModel):
     """How the most recently ready pod started: the model download, then the server."""
 
     pod: str = ""
@@ -616,11 +664,18 @@ class InferenceServiceStatus(ApiModel):
     canary: CanaryStatus | None = None
     """The canary rollout, when one runs."""
 
+    cold_start: ColdStartStatus | None = None
+    """Measured created→Ready time of this service's pods."""
+
+    autoscaler: AutoscalerStatus | None = None
+    """The autoscaler's carried state (mode metrics)."""
+
     url: str = ""
     """In-cluster URL of the Service."""
 
-    cold_start: ColdStart | None = None
-    """Download, start and created-to-Ready seconds of the most recently ready pod."""
+    last_start: PodStart | None = None
+    """Download, start and created-to-Ready seconds of the most recently ready pod (the
+    autoscaler's estimate over all pods is coldStart)."""
 
 
 _DNS_1035 = re.compile(formats.DNS_1035_LABEL)

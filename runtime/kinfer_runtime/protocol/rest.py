@@ -38,7 +38,7 @@ log = logging.getLogger("kinfer_runtime.rest")
 JSON = b"application/json"
 OCTET = b"application/octet-stream"
 _REASONS = {
-    100: b"Continue", 200: b"OK", 400: b"Bad Request", 404: b"Not Found",
+    100: b"Continue", 200: b"OK", 400: b"Bad Request", 404: b"Not Found", 408: b"Request Timeout",
     405: b"Method Not Allowed", 413: b"Payload Too Large", 414: b"URI Too Long",
     429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
     500: b"Internal Server Error", 503: b"Service Unavailable", 504: b"Gateway Timeout",
@@ -57,6 +57,7 @@ _WANTED_HEADERS = frozenset(
 MAX_URL_BYTES = 8 << 10
 MAX_HEADER_BYTES = 64 << 10  # all header names and values together
 MAX_HEADER_FIELDS = 100
+HEAD_TIMEOUT_S = 30.0  # from a request's first byte to the end of its head, else 408
 _LINGER_S = 1.0  # after a refused head: drop what the client still sends, then close
 _ids = itertools.count(1)
 _PID = os.getpid()
@@ -85,12 +86,14 @@ class RestApp:
     def __init__(
         self, plane: DataPlane, metrics: RuntimeMetrics, *, serve_metrics: bool = True,
         metrics_only: bool = False, max_body_bytes: int = 64 << 20,
+        head_timeout_s: float = HEAD_TIMEOUT_S,
     ) -> None:  # fmt: skip
         self.plane = plane
         self.metrics = metrics
         self.serve_metrics = serve_metrics or metrics_only
         self.metrics_only = metrics_only
         self.max_body_bytes = max_body_bytes
+        self.head_timeout_s = head_timeout_s
 
     def route_sync(self, method: bytes, path: str) -> Response | None:
         """Everything but infer; None means: this is an infer request, run it async."""
@@ -253,6 +256,7 @@ class HttpConnection(asyncio.Protocol):
         self._head_size = 0  # bytes received while the head was incomplete
         self._header_size = 0  # header names and values so far
         self._header_fields = 0
+        self._head_timer: asyncio.TimerHandle | None = None
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
         self._body_size = 0
@@ -266,6 +270,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._stop_head_timer()
         self._server.connection_closed(self)
 
     def data_received(self, data: bytes) -> None:
@@ -288,8 +293,15 @@ class HttpConnection(asyncio.Protocol):
             else:
                 self._fail(400, f"malformed HTTP request: {exc}")
             return
-        if counted and self._in_head and self._head_size > MAX_URL_BYTES + MAX_HEADER_BYTES:
+        if not self._in_head:
+            return
+        if counted and self._head_size > MAX_URL_BYTES + MAX_HEADER_BYTES:
             self._fail(431, f"request head exceeds {MAX_URL_BYTES + MAX_HEADER_BYTES} bytes")
+        elif self._head_timer is None:
+            # a head that trickles in (slowloris) is cut off; a whole head in one read never
+            # gets here, so the common request pays nothing for this
+            loop = asyncio.get_running_loop()
+            self._head_timer = loop.call_later(self._app.head_timeout_s, self._head_too_slow)
 
     # ---- httptools callbacks ----
 
@@ -325,12 +337,23 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._stop_head_timer()
         length = self._headers.get(b"content-length", b"0")
         if length.isdigit() and int(length) > self._app.max_body_bytes:
             # said up front: refuse before a byte of the body is read
             raise _Refuse(413, f"body of {int(length)} bytes exceeds {self._app.max_body_bytes} bytes")
         if self._headers.get(b"expect", b"").lower() == b"100-continue" and self._transport:
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self._in_head:
+            self._fail(408, f"request head not complete {self._app.head_timeout_s:g} s after it began")
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
