@@ -27,7 +27,7 @@ class Stores:
         ports = bed.Bed(state).load()["ports"]
         self.endpoint = f"https://127.0.0.1:{ports['minio']}"
         self.registry = f"127.0.0.1:{ports['registry']}"
-        self.ca = str(state / "pki" / "ca.crt")
+        self.ca = str(storage.ca_bundle(state))
 
     def s3(self, access_key: str = storage.ACCESS_KEY, secret_key: str = storage.SECRET_KEY) -> Any:
         import boto3
@@ -105,10 +105,19 @@ def answers(setup: Setup, namespace: str, name: str) -> None:
         assert json.loads(body)["outputs"][0]["shape"] == [1, 4]
 
 
-def fetch_report(pod: Obj) -> Obj:
-    (init,) = pod["status"]["initContainerStatuses"]
-    report: Obj = json.loads(init["state"]["terminated"].get("message") or "{}")
-    return report
+def model_metrics(pod: Obj) -> dict[str, float]:
+    """The runtime's kinfer_model_* samples (the storage initializer's report, read at start)."""
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://{pod['status']['podIP']}:8080/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("kinfer_model_"):
+            name, value = line.rsplit(" ", 1)
+            out[name.split("{")[0]] = float(value)
+    return out
 
 
 def test_s3_model_becomes_ready_answers_and_the_second_replica_hits_the_cache(
@@ -122,7 +131,9 @@ def test_s3_model_becomes_ready_answers_and_the_second_replica_hits_the_cache(
     setup.wait_ready(wait_for, namespace, "ranker", timeout=120)
     answers(setup, namespace, "ranker")
     (first,) = pods(setup, namespace, "ranker")
-    assert fetch_report(first)["cache_hit"] is False and fetch_report(first)["bytes"] > 0
+    seen = model_metrics(first)
+    assert seen["kinfer_model_cache_hits_total"] == 0 and seen["kinfer_model_download_bytes_total"] > 0, seen
+    assert seen["kinfer_model_load_seconds"] > 0
     # A second replica on the same node (the bed's pods share the node's hostPath cache only
     # when they land on one node: pin both to the first pod's node).
     node = first["spec"]["nodeName"]
@@ -138,9 +149,12 @@ def test_s3_model_becomes_ready_answers_and_the_second_replica_hits_the_cache(
         return ready if len(ready) == 2 else []
 
     both = wait_for(two_ready_on_node, 120, describe=lambda: setup.why(namespace, "deployment/ranker"))
-    reports = [fetch_report(p) for p in both]
-    assert any(r["cache_hit"] for r in reports), reports
+    seen_both = [model_metrics(p) for p in both]
+    hits = [m for m in seen_both if m["kinfer_model_cache_hits_total"] == 1]
+    assert hits and all(m["kinfer_model_download_bytes_total"] == 0 for m in hits), seen_both
     answers(setup, namespace, "ranker")
+    events = setup.kubectl("get", "events", "-n", namespace, "--field-selector=reason=ModelStarted").stdout
+    assert "ModelStarted" in events and "created to Ready" in events, events
 
 
 def test_a_wrong_secret_ends_in_a_condition_naming_the_uri_and_the_cause(
@@ -177,7 +191,7 @@ def test_a_missing_object_and_a_missing_secret_name_their_cause(
     wait_for(lambda: reason("missing", f"NotFound: s3://{bucket}/none/"), 30,
              describe=lambda: setup.why(namespace, "inferenceservice/missing"))  # fmt: skip
     wait_for(lambda: reason("nosecret", 'secret "absent" not found'), 30,
-             describe=lambda: setup.why(namespace, "inferenceservice/nosecret"))  # fmt: skip
+             describe=lambda: setup.why(namespace, "inferenceservice/nosecret", "pods"))  # fmt: skip
 
 
 def test_https_model_with_sha256_becomes_ready_and_a_wrong_digest_fails(

@@ -83,6 +83,7 @@ class Container:
     term: Obj | None = None  # terminated for good (no restart)
     ready: bool = False
     error: str = ""  # why it cannot run at all
+    error_reason: str = "CreateContainerError"  # or CreateContainerConfigError (a missing Secret)
     readiness: Probe | None = None
     liveness: Probe | None = None
     startup: Probe | None = None  # until it passes, readiness and liveness are not run
@@ -285,8 +286,9 @@ class PodRunner:
             if c.error != str(e):
                 self._event("Warning", "Failed", f"Error: {e}")
             c.error, c.restart_at = str(e), time.monotonic() + 2
+            c.error_reason = "CreateContainerConfigError"
             return
-        c.error = ""
+        c.error, c.error_reason = "", "CreateContainerError"
         env = {**c.env, **secrets}
         if self.volumes is not None:
             try:
@@ -525,7 +527,7 @@ class PodRunner:
         elif c.term is not None:
             st["state"] = {"terminated": c.term}
         elif c.error:
-            st["state"] = {"waiting": {"reason": "CreateContainerError", "message": c.error}}
+            st["state"] = {"waiting": {"reason": c.error_reason, "message": c.error}}
         elif c.restart_at is not None:
             msg = f"back-off {c.backoff_s:.0f}s restarting failed container {c.name}"
             st["state"] = {"waiting": {"reason": "CrashLoopBackOff", "message": msg}}

@@ -7,6 +7,7 @@ and in a pod.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -22,6 +23,19 @@ PORTS = ("minio", "minio-console", "registry")
 def installed() -> bool:
     p = install.paths()
     return p.minio.is_file() and p.registry.is_file()
+
+
+def ca_bundle(state: Path) -> Path:
+    """The bed's CA where pods see it: outside /tmp (a pod's /tmp emptyDir hides the state
+    directory there), named by its digest so that test beds of other users never share one."""
+    ca = (state / "pki" / "ca.crt").read_bytes()
+    path = install.cache_dir() / "testbed-ca" / f"ca-{hashlib.sha256(ca).hexdigest()[:16]}.crt"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(ca)
+        tmp.rename(path)
+    return path
 
 
 def minio_argv(state: Path, ports: dict[str, int]) -> list[str]:
@@ -74,6 +88,6 @@ def env_lines(state: Path, ports: dict[str, int]) -> str:
         f"export AWS_ACCESS_KEY_ID={ACCESS_KEY}\n"
         f"export AWS_SECRET_ACCESS_KEY={SECRET_KEY}\n"
         f"export AWS_REGION={REGION}\n"
-        f"export AWS_CA_BUNDLE={state / 'pki' / 'ca.crt'}\n"
+        f"export AWS_CA_BUNDLE={ca_bundle(state)}\n"
         f"export KINFER_REGISTRY=127.0.0.1:{ports['registry']}\n"
     )

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from kinfer_runtime.storage import errors
 from kinfer_runtime.storage.errors import FetchError
 
-CHUNK = 1 << 20  # bytes read from a response at a time
+CHUNK = 256 << 10  # bytes read from a response at a time (as s3transfer reads)
 
 
 @dataclass(frozen=True)
