@@ -459,9 +459,11 @@ class InferenceServiceSpec(ApiModel):
             cel="!has(self.rollout.canary) || !has(self.rollout.canary.analysis.drift) "
             "|| self.runtime.server == 'kinfer'",
             message="the drift check needs runtime.server kinfer: Triton does not shadow requests",
-            holds=lambda s: "canary" not in s["rollout"]
-            or "drift" not in s["rollout"]["canary"]["analysis"]
-            or s["runtime"]["server"] == "kinfer",
+            holds=lambda s: (
+                "canary" not in s["rollout"]
+                or "drift" not in s["rollout"]["canary"]["analysis"]
+                or s["runtime"]["server"] == "kinfer"
+            ),
             field="runtime.server",
         ),
     )
@@ -596,8 +598,7 @@ _DNS_1035 = re.compile(formats.DNS_1035_LABEL)
 NAME_RULES = (
     Rule(
         cel=f"size(self) <= {MAX_NAME_LENGTH}",
-        message=f"must be at most {MAX_NAME_LENGTH} characters (it names Deployments, Services "
-        "and pods)",
+        message=f"must be at most {MAX_NAME_LENGTH} characters (it names Deployments, Services and pods)",
         holds=lambda name: len(name) <= MAX_NAME_LENGTH,
     ),
     Rule(
