@@ -104,6 +104,7 @@ class FaultProxy:
             self.seen.append((method, path))
             if self.rule.hits(method, path, self.rng.random()):
                 self.failed += 1
+                self.seen[-1] = (method + " FAILED", path)
                 return self.rule.status
         return None
 
@@ -145,7 +146,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                     self.wfile.flush()
                 self.wfile.write(b"0\r\n\r\n")
-            except OSError:
+            except (OSError, http.client.HTTPException):  # either side went away mid-answer
                 self.close_connection = True
             finally:
                 upstream.close()

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import kubernetes
@@ -256,6 +257,36 @@ class Cluster:
 
     def pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
         return self._labelled("v1", "Pod", namespace, name)
+
+    def post_event(self, isvc: dict[str, Any], type: str, reason: str, message: str) -> None:
+        """A core/v1 Event about an InferenceService, for threads outside kopf's handlers (kopf
+        posts only from the handlers' own context). Best effort: a failure is logged."""
+        meta = isvc["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            send(self.client, "POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=body, timeout=10)
+        except Exception as exc:
+            log.warning("event %s on %s/%s not posted: %s", reason, meta["namespace"], meta["name"], exc)
 
     def patch_status(
         self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None

@@ -166,7 +166,7 @@ def _pass(runtime: Runtime, key: tuple[str, str], trigger: str) -> None:
         elapsed = time.monotonic() - started
         metrics.RECONCILES.labels(outcome.result).inc()
         metrics.RECONCILE_SECONDS.labels(outcome.result).observe(elapsed)
-        report(outcome, namespace, name, trigger, elapsed)
+        report(runtime, outcome, namespace, name, trigger, elapsed)
 
 
 def _failed(runtime: Runtime, key: tuple[str, str], trigger: str, count: int, error: Exception) -> None:
@@ -187,7 +187,7 @@ def _failed(runtime: Runtime, key: tuple[str, str], trigger: str, count: int, er
         message = f"{count} reconcile passes in a row failed, retrying with backoff; last: {why}"
         patch = failure_status(isvc, message, datetime.now(UTC))
         runtime.cluster.patch_status(namespace, name, patch, isvc["metadata"].get("resourceVersion"))
-    kopf.event(_owner(isvc), type="Warning", reason="ReconcileFailed", message=message)
+    _event(runtime, _owner(isvc), "Warning", "ReconcileFailed", message)
 
 
 def describe_error(error: Exception) -> str:
@@ -198,7 +198,18 @@ def describe_error(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"[:300]
 
 
-def report(outcome: Outcome, namespace: str, name: str, trigger: str, elapsed: float) -> None:
+def _event(runtime: Runtime, owner: kopf.Body, type: str, reason: str, message: str) -> None:
+    """kopf's event poster inside its handlers; from the queue's threads, which have no kopf
+    context, an Event written by us."""
+    try:
+        kopf.event(owner, type=type, reason=reason, message=message)
+    except LookupError:
+        runtime.cluster.post_event(dict(owner), type, reason, message)
+
+
+def report(
+    runtime: Runtime, outcome: Outcome, namespace: str, name: str, trigger: str, elapsed: float
+) -> None:
     if outcome.result == "gone":
         metrics.forget(namespace, name)
     elif "desiredReplicas" in outcome.status:
@@ -222,7 +233,7 @@ def report(outcome: Outcome, namespace: str, name: str, trigger: str, elapsed: f
     if outcome.events:
         owner = _owner({"metadata": {"name": name, "namespace": namespace, "uid": outcome.uid}})
         for kind, reason, message in outcome.events:
-            kopf.event(owner, type=kind, reason=reason, message=message)
+            _event(runtime, owner, kind, reason, message)
 
 
 def _owner(isvc: dict[str, Any]) -> kopf.Body:

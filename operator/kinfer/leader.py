@@ -83,7 +83,8 @@ class Elector:
         except Conflict:
             pass  # another candidate wrote first; the next round reads its record
         except Exception as exc:
-            log.warning("lease: %s: %s", type(exc).__name__, exc)
+            status = getattr(exc, "status", None)
+            log.warning("lease: %s", f"{type(exc).__name__} {status}" if status else repr(exc))
         if self.leading and mono - self._renewed_at > self.renew_deadline:
             log.warning("lease: not renewed for %.0f s: no longer the leader", mono - self._renewed_at)
             self.leading = False

@@ -98,8 +98,12 @@ def reconcile(
             outcome.deleted.append(obj_key)
             outcome.events.append(("Normal", "Deleted", f"{obj_key[0]} {obj_key[1]} no longer needed"))
 
-    # Fresh, after the applies: the Deployments' status is what the conditions are made of.
-    deployments = cluster.deployments(namespace, name)
+    # The Deployments' status is what the conditions are made of: read again after a write,
+    # else the list the pass began with is current.
+    if any(a.action != "unchanged" for a in outcome.applied) or outcome.deleted:
+        deployments = cluster.deployments(namespace, name)
+    else:
+        deployments = [obj for (kind, _), obj in existing.items() if kind == "Deployment"]
     pods = cluster.pods(namespace, name)
     replicas = sum(status_mod.spec_replicas(d) for d in deployments)
     spec = validate_spec(isvc["spec"])

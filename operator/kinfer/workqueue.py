@@ -47,6 +47,7 @@ class WorkQueue:
     _running: set[Key] = field(default_factory=set)
     _again: dict[Key, str] = field(default_factory=dict)  # added while running
     _later: list[tuple[float, Key, str]] = field(default_factory=list)  # (due, key, trigger) heap
+    _due: dict[Key, float] = field(default_factory=dict)  # the one retry per key that counts
     _failures: dict[Key, int] = field(default_factory=dict)
     _stopped: bool = False
 
@@ -66,7 +67,7 @@ class WorkQueue:
     def pending(self) -> int:
         """Keys waiting, running or due for a retry (for tests and metrics)."""
         with self._cond:
-            return len(self._triggers) + len(self._running) + len(self._later)
+            return len(self._triggers) + len(self._running) + len(self._due)
 
     def start(self, workers: int) -> None:
         for i in range(workers):
@@ -82,7 +83,10 @@ class WorkQueue:
             while not self._stopped:
                 now = time.monotonic()
                 while self._later and self._later[0][0] <= now:
-                    _, key, trigger = heapq.heappop(self._later)
+                    due, key, trigger = heapq.heappop(self._later)
+                    if self._due.get(key) != due:
+                        continue  # superseded by a later failure, or the key succeeded since
+                    del self._due[key]
                     if key not in self._triggers and key not in self._running:
                         self._triggers[key] = trigger
                         self._ready.append(key)
@@ -116,8 +120,11 @@ class WorkQueue:
                 self._running.discard(key)
                 if error is None:
                     self._failures.pop(key, None)
+                    self._due.pop(key, None)
                 else:
-                    heapq.heappush(self._later, (time.monotonic() + delay, key, trigger))
+                    due = time.monotonic() + delay
+                    self._due[key] = due
+                    heapq.heappush(self._later, (due, key, trigger))
                 again = self._again.pop(key, None)
                 if again is not None and key not in self._triggers:
                     self._triggers[key] = again

@@ -49,9 +49,7 @@ def specs(draw: st.DrawFn) -> dict[str, Any]:
         },
         "resources": {
             "gpu": gpu,
-            "gpuProduct": draw(st.sampled_from(["", "NVIDIA-L4", "NVIDIA-A100-SXM4-80GB"]))
-            if gpu
-            else "",
+            "gpuProduct": draw(st.sampled_from(["", "NVIDIA-L4", "NVIDIA-A100-SXM4-80GB"])) if gpu else "",
             "cpu": draw(QUANTITIES),
             "memory": draw(QUANTITIES),
         },
@@ -77,9 +75,7 @@ def specs(draw: st.DrawFn) -> dict[str, Any]:
 
 @settings(max_examples=250, deadline=None)
 @given(isvc=specs(), gateway_api=st.booleans())
-def test_valid_specs_render_to_valid_deterministic_objects(
-    isvc: dict[str, Any], gateway_api: bool
-) -> None:
+def test_valid_specs_render_to_valid_deterministic_objects(isvc: dict[str, Any], gateway_api: bool) -> None:
     assert problems(isvc) == []
     config = OperatorConfig(gateway_api=gateway_api)
     objects = render(isvc, config)
