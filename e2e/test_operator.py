@@ -142,7 +142,9 @@ def test_deleting_the_service_object_garbage_collects_owned_objects(
     wait_for(
         lambda: not setup.get(namespace, OWNED)["items"],
         60,
-        describe=lambda: "owned objects collected\n" + setup.why(namespace),
+        describe=lambda: (
+            "owned objects collected\n" + setup.why(namespace, f"inferenceservice/{isvc}", OWNED)
+        ),
     )
 
 

@@ -285,7 +285,8 @@ def explain_scale(name: str | None, namespace: str, recorded: str | None, promet
     """Show the autoscaler's decision for an InferenceService and every term that led to it.
 
     Live: reads the InferenceService (KUBECONFIG) and its window from Prometheus, and decides
-    from the replicas running now, as a freshly started operator would. Offline: -f FILE.
+    from the replicas running now and the state the operator saved in status (learned
+    throughput, rate history, measured cold start), as a new leader would. Offline: -f FILE.
     """
     from kinfer.autoscaling.explain import explain, explain_recorded
 
@@ -299,7 +300,7 @@ def explain_scale(name: str | None, namespace: str, recorded: str | None, promet
     from kinfer.api.v1alpha1 import validate_spec
     from kinfer.apply import Cluster, load_client_config
     from kinfer.autoscaling.decision import decide
-    from kinfer.autoscaling.loop import initial_state
+    from kinfer.autoscaling.loop import initial_state, inputs
     from kinfer.autoscaling.prometheus import PrometheusSource, read_window
 
     isvc = Cluster(load_client_config()).get_isvc(namespace, name)
@@ -309,7 +310,7 @@ def explain_scale(name: str | None, namespace: str, recorded: str | None, promet
     if scaling.mode != "metrics":
         click.echo(f"mode {scaling.mode}: the kinfer autoscaler does not scale this service")
     now = time.time()
-    window = read_window(PrometheusSource(prometheus_url), namespace, name, now=now)
+    window = inputs(isvc, read_window(PrometheusSource(prometheus_url), namespace, name, now=now))
     state = initial_state(scaling, isvc.get("status") or {})
     click.echo(explain(decide(scaling, window, state, now), window))
 
@@ -317,6 +318,40 @@ def explain_scale(name: str | None, namespace: str, recorded: str | None, promet
 PLUGIN_GROUP = "kinfer.commands"
 """Entry points that add commands to `kinfer`: the development tools (`kinfer dev`, `kinfer demo`)
 live in their own distribution, kinfer-dev, which the product and its images do not contain."""
+
+
+@main.group()
+def model() -> None:
+    """Put model directories where InferenceServices read them (s3://, oci://) and list them.
+
+    Runs `kinfer-runtime push|ls` (the runtime's storage client, pip install kinfer[runtime]), so
+    uploads use the same code, credentials and checks as the pods' downloads: AWS_* variables
+    (AWS_ENDPOINT_URL for any S3-compatible store) or KINFER_STORAGE_USERNAME/PASSWORD.
+    """
+
+
+def _runtime(*args: str) -> None:
+    import shutil
+    import subprocess
+
+    runtime = shutil.which("kinfer-runtime")
+    argv = [runtime] if runtime else [sys.executable, "-m", "kinfer_runtime"]
+    raise SystemExit(subprocess.call([*argv, *args]))
+
+
+@model.command("push")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.argument("uri")
+def model_push(directory: str, uri: str) -> None:
+    """Upload DIRECTORY (a model file and its signature.json) to URI; print the URI to serve."""
+    _runtime("push", directory, uri)
+
+
+@model.command("ls")
+@click.argument("uri")
+def model_ls(uri: str) -> None:
+    """List the files of the model at URI (size, name, digest)."""
+    _runtime("ls", uri)
 
 
 def _register_plugins() -> None:

@@ -98,6 +98,9 @@ def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.execution.max_workers = 8
     # kopf's timers need a finalizer on each InferenceService; give it our own name.
     settings.persistence.finalizer = FINALIZER
+    # A timer tick running when its InferenceService is deleted holds the finalizer until kopf
+    # polls again: 60 s by default, which kept `kubectl delete` (and the garbage collector) waiting.
+    settings.background.cancellation_polling = 1
     config = load_config(CONFIG_PATH)
     runtime = Runtime(
         cluster=Cluster(load_client_config()),

@@ -14,6 +14,7 @@ from kinfer import status as status_mod
 from kinfer.api.v1alpha1 import CanaryStatus, validate_spec
 from kinfer.api.validation import problems
 from kinfer.apply import Applied, ClusterAPI, NamespaceTerminating, key, stamped, up_to_date
+from kinfer.autoscaling import coldstart
 from kinfer.render import render
 from kinfer.render.render import HTTP_PORT
 from kinfer.rollout.machine import effective_model
@@ -124,6 +125,14 @@ def reconcile(
         "effectiveModelUri": effective.uri,
         "url": f"http://{name}.{namespace}.svc:{HTTP_PORT}",
     }
+    cold_start = coldstart.update(previous.get("coldStart"), pods)
+    if cold_start is not None:
+        new_status["coldStart"] = cold_start
+    last = status_mod.last_start(pods)
+    if last is not None:
+        new_status["lastStart"] = last
+        if (previous.get("lastStart") or {}).get("pod") != last["pod"]:
+            outcome.events.append(("Normal", "ModelStarted", status_mod.last_start_message(last)))
     _finish(cluster, outcome, isvc, previous, new_status)
     degraded = next(c for c in current if c.type == "Degraded")
     was_degraded = _condition(previous, "Degraded").get("status") == "True"

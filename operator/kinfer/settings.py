@@ -49,6 +49,13 @@ class OperatorConfig(BaseModel):
 
     autoscale_interval_seconds: float = 10.0
 
+    model_cache_dir: str = "/var/cache/kinfer/models"
+    """Node directory (hostPath) of the model cache that s3://, oci:// and https:// downloads go
+    through; it must be writable by UID 65532. Empty: no node cache."""
+
+    model_cache_max_bytes: int = 50 * 2**30
+    """Bound of the node cache in bytes; least recently used models are evicted first."""
+
 
 ENV_PREFIX = "KINFER_"
 _ENV_FIELDS = {
@@ -58,6 +65,8 @@ _ENV_FIELDS = {
     "SERVICE_MONITOR": "service_monitor",
     "PROMETHEUS_URL": "prometheus_url",
     "AUTOSCALE_INTERVAL_SECONDS": "autoscale_interval_seconds",
+    "MODEL_CACHE_DIR": "model_cache_dir",
+    "MODEL_CACHE_MAX_BYTES": "model_cache_max_bytes",
 }
 
 

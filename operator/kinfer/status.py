@@ -6,6 +6,7 @@ Reads the Deployments kinfer owns and their pods; writes Kubernetes-convention c
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -33,6 +34,9 @@ def pod_problem(pod: dict[str, Any]) -> tuple[str, str] | None:
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
             return "Unschedulable", f"pod {name}: {cond.get('message') or 'cannot be scheduled'}"
+    download = model_download_problem(pod)
+    if download is not None:
+        return download
     for container in status.get("containerStatuses") or []:
         waiting = (container.get("state") or {}).get("waiting") or {}
         reason = waiting.get("reason", "")
@@ -49,6 +53,91 @@ def pod_problem(pod: dict[str, Any]) -> tuple[str, str] | None:
                 f"({reason}, {restarts} restarts): {detail}"
             )
     return None
+
+
+INITIALIZER = "storage-initializer"
+
+
+def model_download_problem(pod: dict[str, Any]) -> tuple[str, str] | None:
+    """The storage initializer's failure, in its own words (its termination message names the
+    cause and the URI: "Forbidden: s3://bucket/key: HTTP 403 ..."), or a Secret it cannot get."""
+    name = pod["metadata"]["name"]
+    for container in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        if container.get("name") != INITIALIZER:
+            continue
+        state = container.get("state") or {}
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") == "CreateContainerConfigError":
+            return "ModelDownloadFailed", f"pod {name}: {waiting.get('message') or waiting['reason']}"
+        # Done is done; while it runs or waits again, the last failure says why.
+        term = state.get("terminated") or (container.get("lastState") or {}).get("terminated")
+        if "terminated" in state and term and term.get("exitCode", 0) == 0:
+            return None
+        if term and term.get("exitCode", 0) != 0:
+            # The termination message, or the log's last line (FallbackToLogsOnError).
+            lines = (term.get("message") or "").strip().splitlines()
+            message = lines[-1].strip() if lines else f"exit code {term.get('exitCode')}"
+            restarts = container.get("restartCount", 0)
+            return "ModelDownloadFailed", f"pod {name}: {message} ({restarts} retries)"
+    return None
+
+
+def _time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _ready_since(pod: dict[str, Any]) -> datetime | None:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready" and cond.get("status") == "True":
+            return _time(cond.get("lastTransitionTime"))
+    return None
+
+
+def last_start(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """status.lastStart from the most recently ready pod's own timestamps and the storage
+    initializer's report (its termination message): None while no pod is ready."""
+    ready = [(since, pod) for pod in pods if (since := _ready_since(pod)) is not None]
+    if not ready:
+        return None
+    since, pod = max(ready, key=lambda r: r[0])
+    status = pod.get("status") or {}
+    out: dict[str, Any] = {"pod": pod["metadata"]["name"]}
+    created = _time(pod["metadata"].get("creationTimestamp"))
+    if created is not None:
+        out["createdToReadySeconds"] = round((since - created).total_seconds(), 3)
+    server: dict[str, Any] = next(
+        (c for c in status.get("containerStatuses") or [] if c.get("name") == "server"), {}
+    )
+    started = _time(((server.get("state") or {}).get("running") or {}).get("startedAt"))
+    if started is not None:
+        out["startSeconds"] = round((since - started).total_seconds(), 3)
+    for init in status.get("initContainerStatuses") or []:
+        term = (init.get("state") or {}).get("terminated") or {}
+        if init.get("name") == INITIALIZER and term.get("exitCode") == 0:
+            try:
+                report = json.loads(term.get("message") or "")
+            except ValueError:
+                break
+            if isinstance(report, dict):
+                out["downloadSeconds"] = round(float(report.get("download_seconds", 0.0)), 3)
+                out["downloadBytes"] = int(report.get("bytes", 0))
+                out["cacheHit"] = bool(report.get("cache_hit"))
+    return out
+
+
+def last_start_message(cold: dict[str, Any]) -> str:
+    """The event text for a new lastStart."""
+    parts = [f"pod {cold['pod']}"]
+    if "downloadSeconds" in cold:
+        source = "node cache hit" if cold.get("cacheHit") else f"{cold.get('downloadBytes', 0) / 1e6:.1f} MB"
+        parts.append(f"model fetched in {cold['downloadSeconds']:.2f} s ({source})")
+    if "startSeconds" in cold:
+        parts.append(f"server ready {cold['startSeconds']:.2f} s after start (load, warm-up)")
+    if "createdToReadySeconds" in cold:
+        parts.append(f"created to Ready {cold['createdToReadySeconds']:.2f} s")
+    return ", ".join(parts)
 
 
 def conditions(

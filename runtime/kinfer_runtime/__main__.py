@@ -1,4 +1,5 @@
-"""`kinfer-runtime` / `python -m kinfer_runtime`: serve one model until SIGTERM."""
+"""`kinfer-runtime` / `python -m kinfer_runtime`: serve one model until SIGTERM;
+`kinfer-runtime fetch URI DIR` downloads one (storage/fetch.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ from kinfer_runtime import logs, settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = settings.parse(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["fetch"]:  # the storage initializer (init container)
+        from kinfer_runtime.storage.fetch import main as fetch
+
+        return fetch(args[1:])
+    if args[:1] in (["push"], ["ls"]):  # behind `kinfer model push|ls`
+        from kinfer_runtime.storage.push import main as storage_command
+
+        return storage_command(args[0], args[1:])
+    cfg = settings.parse(args)
     logs.configure(cfg.log_level)
     from kinfer_runtime.server import serve  # after logging is set up
 

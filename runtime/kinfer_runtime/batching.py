@@ -22,6 +22,7 @@ import numpy as np
 from kinfer_runtime.protocol.errors import DeadlineExceeded, InferenceError, ModelFailed, Overloaded
 
 Arrays = dict[str, Any]  # tensor name -> numpy array, batch dimension first
+_READY_TURNS = 4  # most rounds of event-loop turns a partial batch waits for arrived requests
 Forward = Callable[[Arrays], Arrays]
 
 
@@ -65,6 +66,8 @@ class _Pending:
     enqueued_at: float
     deadline: float | None
     future: asyncio.Future[Arrays] = field(repr=False)
+    # shapes past the batch dimension: only requests with equal ones are concatenated
+    trailing: tuple[tuple[int, ...], ...] = ()
     # perf_counter at arrival, for the metrics: uvloop's loop clock ticks in milliseconds
     arrived: float = field(default_factory=time.perf_counter)
     queued: bool = True
@@ -121,7 +124,8 @@ class Batcher:
         now = loop.time()
         if deadline is not None and deadline <= now:
             raise DeadlineExceeded("deadline passed before the request was queued")
-        item = _Pending(inputs, rows, now, deadline, loop.create_future())
+        trailing = tuple(getattr(v, "shape", ())[1:] for v in inputs.values()) if self._concatenate else ()
+        item = _Pending(inputs, rows, now, deadline, loop.create_future(), trailing=trailing)
         item.future.add_done_callback(lambda _f: self._forget(item))
         self._queue.append(item)
         self._queued_rows += rows
@@ -189,12 +193,32 @@ class Batcher:
                     if timer is not None:
                         timer.cancel()
                 continue
-            batch = self._take(now)
+            await self._gather_ready()
+            batch = self._take(loop.time())
             if batch:
                 await self._run_batch(loop, batch)
 
+    async def _gather_ready(self) -> None:
+        """Before a partial batch runs, let requests that have already arrived join it.
+
+        Yield to the event loop for as long as each turn brings more rows (at most a few
+        turns): a turn reads the sockets that are ready and runs the handlers they start,
+        which takes microseconds, and no timer is involved.
+        """
+        for _ in range(_READY_TURNS):
+            if self._queued_rows >= self.max_batch_size or not self._concatenate:
+                return
+            before = self._queued_rows
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a parsed request reaches submit() one turn after its read
+            if self._queued_rows <= before:
+                return
+
     def _take(self, now: float) -> list[_Pending]:
+        """The oldest request and the ones after it that fit and have its trailing shapes;
+        requests of other shapes keep their places for the next batch."""
         batch: list[_Pending] = []
+        other_shapes: list[_Pending] = []
         rows = 0
         while self._queue:
             item = self._queue[0]
@@ -204,6 +228,9 @@ class Batcher:
             if batch and rows + item.rows > self.max_batch_size:
                 break
             self._queue.popleft()
+            if batch and item.trailing != batch[0].trailing:
+                other_shapes.append(item)
+                continue
             item.queued = False
             self._queued_rows -= item.rows
             if item.deadline is not None and item.deadline <= now:
@@ -214,6 +241,7 @@ class Batcher:
             rows += item.rows
             if not self._concatenate:
                 break
+        self._queue.extendleft(reversed(other_shapes))
         return batch
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:

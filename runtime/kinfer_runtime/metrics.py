@@ -4,7 +4,20 @@
 - kinfer_inflight_requests{model}              gauge: infer requests accepted, not yet answered
 - kinfer_request_duration_seconds{model,phase} histogram; phase = total | queue | compute
 - kinfer_batch_size{model}                     histogram of rows per forward
+- kinfer_forward_seconds_total{model}          counter: seconds spent in forwards (busy time)
+- kinfer_batch_rows_squared_total{model}       counter: sum of rows² over forwards. With the
+                                               batch-size histogram's count and sum, the forward
+                                               seconds and the compute-phase duration sum (rows x
+                                               their forward's seconds), the operator fits the
+                                               batch-latency line t = a + b x rows by least squares
 - kinfer_requests_total{model,code}            counter; code = HTTP status (gRPC mapped to it)
+
+Model start (once per process; the download part from the storage initializer's report):
+- kinfer_model_load_seconds{model}             gauge: reading the model into memory
+- kinfer_model_warmup_seconds{model}           gauge: the warm-up forwards
+- kinfer_model_download_seconds{model}         gauge: the init container's download (0: cache hit)
+- kinfer_model_download_bytes_total{model}     counter: bytes the init container downloaded
+- kinfer_model_cache_hits_total{model}         counter: 1 when the node cache served the model
 
 Canary drift check (`shadow.py`; zero unless --shadow-url is set):
 - kinfer_shadow_comparisons_total{model}       counter: canary answers compared with the stable's
@@ -70,6 +83,18 @@ class RuntimeMetrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         ).labels(model)
+        self._forward_seconds = Counter(
+            "kinfer_forward_seconds",
+            "Seconds spent in model forwards (the replica's busy time).",
+            ["model"],
+            registry=r,
+        ).labels(model)
+        self._rows_squared = Counter(
+            "kinfer_batch_rows_squared",
+            "Sum of squared rows per forward (for the autoscaler's fit of the batch-latency curve).",
+            ["model"],
+            registry=r,
+        ).labels(model)
         self._requests = Counter(
             "kinfer_requests_total",
             "Infer requests answered, by HTTP status code.",
@@ -112,12 +137,37 @@ class RuntimeMetrics:
         )
         self._shadow_errors = {reason: errors.labels(model, reason) for reason in SHADOW_ERROR_REASONS}
 
+        def gauge(name: str, text: str) -> Gauge:
+            return Gauge(name, text, ["model"], registry=r).labels(model)
+
+        self.load_seconds = gauge("kinfer_model_load_seconds", "Seconds spent reading the model into memory.")
+        self.warmup_seconds = gauge("kinfer_model_warmup_seconds", "Seconds spent in warm-up forwards.")
+        self.download_seconds = gauge(
+            "kinfer_model_download_seconds",
+            "Seconds the storage initializer spent downloading (0: cache hit).",
+        )
+        fetched = "Bytes the storage initializer downloaded."
+        self.download_bytes = Counter("kinfer_model_download_bytes", fetched, ["model"], registry=r).labels(
+            model
+        )
+        hits = "1 when the node's model cache served the model."
+        self.cache_hits = Counter("kinfer_model_cache_hits", hits, ["model"], registry=r).labels(model)
+
+    def model_fetched(self, report: dict[str, object]) -> None:
+        """The storage initializer's .kinfer-fetch.json."""
+        self.download_seconds.set(float(report.get("download_seconds", 0.0)))  # type: ignore[arg-type]
+        self.download_bytes.inc(int(report.get("bytes", 0)))  # type: ignore[call-overload]
+        if report.get("cache_hit"):
+            self.cache_hits.inc()
+
     # BatchObserver
     def queue_depth(self, rows: int) -> None:
         self._depth.set(rows)
 
     def batch(self, rows: int, queue_s: Sequence[float], compute_s: float) -> None:
         self._batch.observe(rows)
+        self._forward_seconds.inc(compute_s)
+        self._rows_squared.inc(rows * rows)
         for q in queue_s:
             self._queue.observe(q)
             self._compute.observe(compute_s)

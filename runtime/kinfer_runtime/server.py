@@ -7,8 +7,10 @@ false again the instant SIGTERM arrives.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ async def serve(settings: Settings) -> int:
     directory = model_file.parent
     name = settings.model_name or Path(directory).name
     metrics = RuntimeMetrics(name)
+    _fetch_report(Path(directory), metrics)
     plane = DataPlane(name, settings.model_version, sig)
     if settings.request_timeout_ms > 0:
         plane.default_timeout_s = settings.request_timeout_ms / 1000
@@ -81,7 +84,7 @@ async def serve(settings: Settings) -> int:
     # one worker thread runs load, warm-up and every forward (torch state stays on one thread)
     executor = ThreadPoolExecutor(1, thread_name_prefix="kinfer-forward")
     batcher: Batcher | None = None
-    load: asyncio.Future[Model] = loop.run_in_executor(executor, _load_and_warm, settings, name)
+    load: asyncio.Future[Model] = loop.run_in_executor(executor, _load_and_warm, settings, name, metrics)
     stop_wait: asyncio.Future[Any] = loop.create_task(stop.wait())
     await asyncio.wait([load, stop_wait], return_when=asyncio.FIRST_COMPLETED)
     stop_wait.cancel()
@@ -131,12 +134,36 @@ async def serve(settings: Settings) -> int:
     return code
 
 
-def _load_and_warm(settings: Settings, name: str) -> Model:
+def _fetch_report(directory: Path, metrics: RuntimeMetrics) -> None:
+    """What the storage initializer did (kinfer-runtime fetch writes it beside the model)."""
+    for candidate in (directory, directory.parent):
+        report = candidate / ".kinfer-fetch.json"
+        if report.is_file():
+            try:
+                doc = json.loads(report.read_text())
+            except (OSError, ValueError):
+                return
+            metrics.model_fetched(doc)
+            log.info(
+                "model fetched",
+                extra={k: doc.get(k) for k in ("uri", "cache_hit", "bytes", "download_seconds")},
+            )
+            return
+
+
+def _load_and_warm(settings: Settings, name: str, metrics: RuntimeMetrics | None = None) -> Model:
+    t0 = time.monotonic()
     model = load_model(settings.model_uri, settings.device)
+    loaded = time.monotonic()
+    if metrics is not None:
+        metrics.load_seconds.set(loaded - t0)
     sig = model.signature
     if settings.warmup:
         sizes = {1, settings.max_batch_size or sig.max_batch_size or 1} if sig.batched else {1}
         for rows in sorted(sizes):
             model.forward(example_inputs(sig, min(rows, sig.max_batch_size) if sig.batched else 1))
-    log.info("model loaded", extra={"model": name, "format": sig.format, "device": model.device})
+    if metrics is not None:
+        metrics.warmup_seconds.set(time.monotonic() - loaded)
+    timings = {"load_s": round(loaded - t0, 3), "warmup_s": round(time.monotonic() - loaded, 3)}
+    log.info("model loaded", extra={"model": name, "format": sig.format, "device": model.device, **timings})
     return model

@@ -13,7 +13,7 @@ class Settings:
     model_uri: str
     model_name: str = ""  # default: the model directory's name
     model_version: str = "1"
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # loopback; the operator's pods pass --host=0.0.0.0
     http_port: int = 8000
     grpc_port: int = 8001  # -1 disables gRPC
     metrics_port: int = -1  # -1: served on the HTTP port at /metrics
@@ -37,11 +37,12 @@ _HELP = {
     "model_uri": "model directory or file: file:///models/m or /mnt/models/m (signature.json beside it)",
     "model_name": "name served under /v2/models/{name} (default: the model directory's name)",
     "model_version": "version reported and accepted in .../versions/{v}",
-    "host": "address to listen on (HTTP, gRPC and metrics)",
+    "host": "address to listen on (HTTP, gRPC and metrics); 0.0.0.0 = every interface",
     "http_port": "HTTP port (0 = any free port, printed in the 'listening' log line)",
     "grpc_port": "gRPC port (0 = any free port, -1 = no gRPC)",
     "metrics_port": "port for /metrics (-1 = the HTTP port)",
-    "max_batch_size": "rows per forward (0 = the signature's max_batch_size; capped by it)",
+    "max_batch_size": "rows per forward and most rows one request may send (0 = the signature's "
+    "max_batch_size; capped by it)",
     "max_delay_ms": "longest wait for a batch to fill before it runs",
     "max_queue": "rows allowed to wait; beyond it answer 429 / RESOURCE_EXHAUSTED",
     "request_timeout_ms": "default per-request deadline (0 = none); 504 / DEADLINE_EXCEEDED",

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kinfer.api.v1alpha1 import Scaling, validate_spec
-from kinfer.autoscaling.loop import initial_state, tick
+from kinfer.api.v1alpha1 import InferenceServiceSpec, InferenceServiceStatus, Scaling, validate_spec
+from kinfer.autoscaling.loop import initial_state, inputs, tick
 from kinfer.autoscaling.window import MetricsWindow
 
 from .conftest import ROOT, load
@@ -16,6 +16,10 @@ T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 def load_spec(isvc: dict[str, Any]) -> Scaling:
     return validate_spec(isvc["spec"]).scaling
+
+
+def load_full(isvc: dict[str, Any]) -> InferenceServiceSpec:
+    return validate_spec(isvc["spec"])
 
 
 def _isvc() -> dict[str, Any]:
@@ -81,3 +85,38 @@ def test_prometheus_down_holds_and_says_so_once() -> None:
     _apply(isvc, second.status_patch)
     third = tick(isvc, down, second.decision.next_state, T0 + timedelta(seconds=20))
     assert third.status_patch == {} and third.events == []
+
+
+def test_state_saved_in_status_carries_over_to_a_new_leader() -> None:
+    isvc = _isvc()
+    state = initial_state(load_spec(isvc), isvc["status"])
+    up = tick(isvc, _window(T0, queue=12), state, T0)
+    _apply(isvc, up.status_patch)
+    saved = isvc["status"]["autoscaler"]
+    InferenceServiceStatus.model_validate(isvc["status"])  # strict: what the CRD's schema holds
+    assert saved["recommendations"][-1] == [T0.timestamp(), 3]
+    # A new leader reads status: the scale-up is in its down window, so a quiet minute later it
+    # holds 3 instead of dropping to 1 (a fresh state would too, but only from its first tick).
+    fresh = initial_state(load_spec(isvc), isvc["status"])
+    assert fresh.replicas == 3 and fresh.recommendations == up.decision.next_state.recommendations
+    later = T0 + timedelta(seconds=60)
+    assert tick(isvc, _window(later, queue=0), fresh, later).decision.replicas == 3
+    # Saved again only when due, or when the count or panic changes.
+    quiet = tick(
+        isvc,
+        _window(T0 + timedelta(seconds=10), queue=12),
+        up.decision.next_state,
+        T0 + timedelta(seconds=10),
+    )
+    assert "autoscaler" not in quiet.status_patch
+
+
+def test_the_decision_sees_the_measured_cold_start_and_max_batch() -> None:
+    isvc = _isvc()
+    isvc["status"]["coldStart"] = {"seconds": 12.5, "samples": 3, "measuredUntil": "2026-11-27T11:00:00Z"}
+    state = initial_state(load_spec(isvc), isvc["status"])
+    terms = {t.name: t for t in tick(isvc, _window(T0, queue=2), state, T0).decision.terms}
+    assert terms["cold_start_seconds"].value == 12.5 and "measured" in terms["cold_start_seconds"].note
+    assert (
+        inputs(isvc, _window(T0, queue=2)).max_batch_size == load_full(isvc).runtime.batching.max_batch_size
+    )

@@ -47,13 +47,27 @@ latencies = st.one_of(st.none(), st.floats(0, 10_000, allow_nan=False))
 
 @st.composite
 def windows(draw: st.DrawFn, now: float = T0) -> MetricsWindow:
-    return MetricsWindow(
+    window = MetricsWindow(
         sampled_at=now - draw(st.floats(0, 30)),
         queue_depth=draw(queues),
         inflight=draw(st.floats(0, 100)),
         p95_latency_ms=draw(latencies),
         request_rate=draw(st.floats(0, 100)),
         ready_replicas=draw(st.integers(0, 40)),
+        max_batch_size=draw(st.sampled_from([None, 1, 8, 64])),
+        cold_start_seconds=draw(st.one_of(st.none(), st.floats(1, 600))),
+    )
+    if not draw(st.booleans()):
+        return window  # a runtime without the forward counters: sized by queue depth
+    # Forward counters of a batching runtime: n forwards/s of mean b rows taking t s each.
+    n, b, t = draw(st.floats(0.1, 100)), draw(st.floats(1, 32)), draw(st.floats(0.001, 2))
+    return replace(
+        window,
+        rows_per_second=n * b,
+        forwards_per_second=n,
+        busy_seconds_per_second=n * t,
+        rows_squared_per_second=n * b * b * draw(st.floats(1, 2)),
+        row_seconds_per_second=n * b * t * draw(st.floats(0.5, 2)),
     )
 
 
@@ -68,6 +82,20 @@ def states(draw: st.DrawFn, now: float = T0) -> ScalingState:
         panic_until=None if panic is None else now + panic,
         panic_floor=draw(st.integers(0, 40)),
         last_demand_at=draw(st.one_of(st.none(), st.floats(now - 3600, now))),
+        fit=draw(
+            st.one_of(
+                st.just((0.0, 0.0, 0.0, 0.0, 0.0, 0.0)),
+                st.tuples(*[st.floats(0, 1000)] * 5, st.floats(now - 3600, now)),
+            )
+        ),
+        history=tuple(
+            sorted(
+                (now - a, q, r)
+                for a, q, r in draw(
+                    st.lists(st.tuples(st.floats(1, 600), queues, st.floats(0, 500)), max_size=12)
+                )
+            )
+        ),
     )
 
 
@@ -133,8 +161,8 @@ def test_no_scale_down_within_the_window_after_a_scale_up(
     burst: MetricsWindow,
 ) -> None:
     first = decide(spec, burst, state, T0)
-    if first.replicas <= state.replicas:
-        return
+    if first.replicas <= state.replicas or "backlog" in first.reason:
+        return  # a backlog's pods are a stock, not held by the window (panic holds them)
     peak, now, state = first.replicas, T0, first.next_state
     for step, window in later:
         now += step
@@ -149,7 +177,9 @@ def test_panic_scales_up_at_once_and_holds(
     spec: Scaling, state: ScalingState, ready: int, calm_after: float, calm: MetricsWindow
 ) -> None:
     # A burst big enough to panic, with no earlier panic or recommendations to muddy it.
-    state = replace(state, replicas=ready, panic_until=None, panic_floor=0, recommendations=())
+    state = replace(
+        state, replicas=ready, panic_until=None, panic_floor=0, recommendations=(), fit=(0.0,) * 6, history=()
+    )  # type: ignore[arg-type]
     queue = PANIC_THRESHOLD * ready * spec.targets.queue_depth_per_replica * 1.01
     burst = MetricsWindow(sampled_at=T0, queue_depth=queue, request_rate=1, ready_replicas=ready)
     d = decide(spec, burst, state, T0)
@@ -175,3 +205,23 @@ def test_zero_only_when_enabled_and_idle(spec: Scaling, window: MetricsWindow, s
             assert T0 - state.last_demand_at >= spec.scale_to_zero.idle_seconds
         else:
             assert state.replicas == 0  # held at zero, never moved there without metrics
+
+
+@given(
+    specs(scale_to_zero=False),
+    states(),
+    windows(),
+    st.lists(st.tuples(st.floats(1, 20), windows()), max_size=10),
+)
+def test_no_scale_down_while_panicking(
+    spec: Scaling, state: ScalingState, burst: MetricsWindow, later: list[tuple[float, MetricsWindow]]
+) -> None:
+    d = decide(spec, burst, state, T0)
+    now, floor = T0, d.replicas
+    while d.panic and later:
+        step, window = later.pop(0)
+        now += step
+        d = decide(spec, replace(window, sampled_at=now), d.next_state, now)
+        if d.panic:
+            assert d.replicas >= min(floor, spec.max_replicas), d.reason
+            floor = max(floor, d.replicas)

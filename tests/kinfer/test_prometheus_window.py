@@ -74,7 +74,28 @@ def test_window_from_answers() -> None:
     assert (w.p95_latency_ms, w.request_rate) == (180.5, 40)
     assert w.queue_depth_per_replica == 4
     assert w.latency_replicas is None  # no answer: the decision falls back to ready_replicas
-    assert len(source.asked) == 6
+    assert w.rows_per_second is None and w.row_seconds_per_second is None  # an older runtime
+    assert len(source.asked) == 11
+
+
+def test_window_reads_the_forward_counters() -> None:
+    source = FakeSource(
+        answers(
+            queue_depth=4,
+            ready_replicas=2,
+            rows_per_second=40,
+            forwards_per_second=10,
+            busy_seconds_per_second=1.5,
+            rows_squared_per_second=200,
+            row_seconds_per_second=7.0,
+        )
+    )
+    w = read_window(source, "ml", "resnet", now=T0)
+    assert (w.rows_per_second, w.forwards_per_second, w.busy_seconds_per_second) == (40, 10, 1.5)
+    assert (w.rows_squared_per_second, w.row_seconds_per_second) == (200, 7.0)
+    q = queries("ml", "resnet")
+    assert q.busy_seconds_per_second.startswith("sum(rate(kinfer_forward_seconds_total{")
+    assert 'phase="compute"' in q.row_seconds_per_second
 
 
 def test_track_window_asks_for_that_track() -> None:

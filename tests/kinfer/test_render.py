@@ -244,3 +244,43 @@ def test_fixed_mode_runs_min_replicas_and_status_is_clamped() -> None:
 )
 def test_split_replicas(total: int, weight: int, want: tuple[int, int]) -> None:
     assert split_replicas(total, weight) == want
+
+
+def _pod_spec(isvc: dict[str, Any], config: OperatorConfig | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = render(isvc, config or OperatorConfig())[0]["spec"]["template"]["spec"]
+    return spec
+
+
+def test_a_fetched_model_is_downloaded_by_an_init_container_through_the_node_cache() -> None:
+    pod = _pod_spec(load(ROOT / "examples" / "s3.yaml"))
+    (init,) = pod["initContainers"]
+    assert init["name"] == "storage-initializer" and init["command"] == ["kinfer-runtime"]
+    assert init["args"] == ["fetch", "s3://team-models/ranker/7/", "/mnt/models"]
+    assert init["envFrom"] == [{"secretRef": {"name": "s3-keys"}}]
+    assert {"name": "KINFER_CACHE_DIR", "value": "/var/cache/kinfer"} in init["env"]
+    assert "nvidia.com/gpu" not in init["resources"]["requests"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["model"] == {"name": "model", "emptyDir": {}}
+    assert volumes["model-cache"]["hostPath"]["path"] == "/var/cache/kinfer/models"
+    server = pod["containers"][0]
+    assert "--model-uri=file:///mnt/models" in server["args"]
+    assert {"name": "model", "mountPath": "/mnt/models", "readOnly": True} in server["volumeMounts"]
+
+
+def test_cache_false_and_a_cacheless_operator_mount_no_cache() -> None:
+    isvc = load(ROOT / "examples" / "s3.yaml")
+    isvc["spec"]["model"]["cache"] = False
+    for pod in (
+        _pod_spec(isvc),
+        _pod_spec(load(ROOT / "examples" / "s3.yaml"), OperatorConfig(model_cache_dir="")),
+    ):
+        assert "model-cache" not in {v["name"] for v in pod["volumes"]}
+        assert not any(e["name"] == "KINFER_CACHE_DIR" for e in pod["initContainers"][0]["env"])
+
+
+def test_https_sha256_reaches_the_initializer_and_local_models_need_none() -> None:
+    isvc = load(ROOT / "examples" / "minimal.yaml")
+    assert "initContainers" not in _pod_spec(isvc)
+    isvc["spec"]["model"] = {"uri": "https://models.example.com/ranker.tar.gz", "sha256": "a" * 64}
+    (init,) = _pod_spec(isvc)["initContainers"]
+    assert {"name": "KINFER_MODEL_SHA256", "value": "a" * 64} in init["env"] and "envFrom" not in init

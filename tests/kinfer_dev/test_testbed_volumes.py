@@ -145,3 +145,34 @@ def test_a_volume_over_the_programs_directory_does_not_hide_the_program(tmp_path
     assert (kept.returncode, kept.stdout) == (0, "runs\n"), kept.stderr
     # Outside the container the volume holds only the empty mount point the bind needed.
     assert not any((empty / "venv").iterdir())
+
+
+def test_host_paths_belong_to_their_node_and_outlive_the_pod(tmp_path: Path) -> None:
+    cache = {
+        "name": "model-cache",
+        "hostPath": {"path": "/var/cache/kinfer/models", "type": "DirectoryOrCreate"},
+    }
+    p = pod([cache, {"name": "model", "emptyDir": {}}], [])
+    p["spec"]["nodeName"] = "gpu-1"
+    made = volumes.materialize(FakeKube({}), p, tmp_path / "pod", tmp_path / "nodes")  # type: ignore[arg-type]
+    assert made["model-cache"] == tmp_path / "nodes" / "gpu-1" / "hostpath" / "var/cache/kinfer/models"
+    assert made["model-cache"].is_dir() and made["model"] == tmp_path / "pod" / "model"
+    p["spec"]["volumes"][0]["hostPath"]["type"] = "Directory"
+    p["spec"]["nodeName"] = "gpu-2"
+    with pytest.raises(volumes.VolumeError, match="does not exist"):
+        volumes.materialize(FakeKube({}), p, tmp_path / "pod2", tmp_path / "nodes")  # type: ignore[arg-type]
+
+
+def test_secret_env_comes_from_env_from_and_key_refs_and_a_missing_secret_is_named() -> None:
+    import base64
+
+    secret = {"data": {k: base64.b64encode(v.encode()).decode() for k, v in {"A": "1", "B": "2"}.items()}}
+    kube = FakeKube({"keys": secret})
+    container = {
+        "envFrom": [{"secretRef": {"name": "keys"}}, {"secretRef": {"name": "gone", "optional": True}}],
+        "env": [{"name": "C", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "B"}}}],
+    }
+    assert volumes.secret_env(kube, "ns", container) == {"A": "1", "B": "2", "C": "2"}  # type: ignore[arg-type]
+    with pytest.raises(volumes.VolumeError, match='secret "absent" not found'):
+        volumes.secret_env(kube, "ns", {"envFrom": [{"secretRef": {"name": "absent"}}]})  # type: ignore[arg-type]
+    assert volumes.needs_volumes({"spec": {"containers": [], "initContainers": [{"name": "i"}]}})

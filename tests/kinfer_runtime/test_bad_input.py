@@ -62,7 +62,13 @@ CASES: list[tuple[str, str, str, bytes, dict[str, str], int, str]] = [
     ("count-mismatch", "POST", INFER, _body(_x([1, 8], [1, 2, 3])), {}, 400,
      "input 'x': shape [1, 8] needs 8 elements, 'data' has 3"),
     ("not-numbers", "POST", INFER, _body(_x([1, 8], ["a"] * 8)), {}, 400,
-     "input 'x': 'data' is not a valid FP32 array"),
+     "input 'x': data[0] is a string; FP32 'data' takes numbers only"),
+    ("null-in-data", "POST", INFER, _body(_x([1, 8], [0, 1, 2, None, 4, 5, 6, 7])), {}, 400,
+     "input 'x': data[3] is null"),
+    ("numeric-string", "POST", INFER, _body(_x([1, 8], [[0, 1, 2, 3, 4, 5, "6", 7]])), {}, 400,
+     "input 'x': data[0][6] is a string"),
+    ("boolean-in-data", "POST", INFER, _body(_x([1, 8], [True] + [0] * 7)), {}, 400,
+     "input 'x': data[0] is a boolean"),
     ("negative-dim", "POST", INFER, _body(_x([-1, 8])), {}, 400,
      "input 'x': 'shape' must be a list of non-negative integers"),
     ("batch-too-big", "POST", INFER, _body(_x([33, 8], [0] * 264)), {}, 400,
@@ -208,3 +214,114 @@ def test_fuzz_raw_bodies_never_5xx(mlp_server: Server, body: bytes, path: str) -
     status, _ = _request(mlp_server, "POST", path, body)
     assert status < 500
     assert _request(mlp_server, "GET", "/v2/health/live")[0] == 200
+
+
+# ---- oversized heads and bodies: refused at once, nothing buffered, the server stays ready ----
+
+
+def _raw_exchange(server: Server, head: bytes, chunks: int = 0, chunk: bytes = b"") -> bytes:
+    """Send `head`, then `chunks` copies of `chunk` (stopping if the server has answered), and
+    read the answer."""
+    import socket
+
+    host, port = server.http.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(head)
+        try:
+            for _ in range(chunks):
+                s.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            part = s.recv(65536)
+            if not part:
+                break
+            reply += part
+    return reply
+
+
+def _status_and_error(reply: bytes) -> tuple[int, str]:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)["error"]
+
+
+@pytest.mark.parametrize(
+    ("head", "chunks", "chunk", "status", "fragment"),
+    [
+        (b"GET /v2/" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 0, b"", 414, "URL exceeds 8192 bytes"),
+        (b"GET /v2?", 6000, b"a" * 8192, 414, "URL exceeds 8192 bytes"),  # 48 MiB URL
+        (b"GET /v2 HTTP/1.1\r\nx-big: " + b"b" * 70000 + b"\r\n\r\n", 0, b"", 431,
+         "header fields exceed 65536 bytes"),
+        (b"GET /v2 HTTP/1.1\r\nx-big: ", 6000, b"b" * 8192, 431, "exceeds"),  # 48 MiB header
+        (b"GET /v2 HTTP/1.1\r\n" + b"".join(b"h%d: v\r\n" % i for i in range(101)) + b"\r\n",
+         0, b"", 431, "more than 100 header fields"),
+        (b"POST " + INFER.encode() + b" HTTP/1.1\r\ncontent-length: 999999999\r\n\r\n", 100,
+         b"x" * 8192, 413, "body of 999999999 bytes exceeds 67108864 bytes"),
+    ],
+    ids=["url", "url-48MiB", "header", "header-48MiB", "header-count", "content-length"],
+)  # fmt: skip
+def test_oversized_heads_are_refused_at_once(mlp_server: Server, head: bytes, chunks: int,
+                                             chunk: bytes, status: int, fragment: str
+                                             ) -> None:  # fmt: skip
+    import time
+
+    t0 = time.monotonic()
+    got, error = _status_and_error(_raw_exchange(mlp_server, head, chunks, chunk))
+    assert (got, fragment in error) == (status, True), error
+    assert time.monotonic() - t0 < 5
+    assert _request(mlp_server, "GET", "/v2/health/ready")[0] == 200
+
+
+def test_heads_within_the_limits_are_served(mlp_server: Server) -> None:
+    url = "/v2/health/ready?" + "a" * 8000
+    headers = {f"x-h{i}": "v" * 600 for i in range(95)}  # 95 fields, about 57 KiB
+    assert _request(mlp_server, "GET", url, headers=headers)[0] == 200
+
+
+def test_a_huge_header_does_not_stall_other_clients(mlp_server: Server) -> None:
+    """While one client streams a never-ending header, another is answered promptly."""
+    import socket
+    import threading
+    import time
+
+    host, port = mlp_server.http.split(":")
+    stop = threading.Event()
+
+    def flood() -> None:
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(b"GET /v2 HTTP/1.1\r\nx-big: ")
+            try:
+                while not stop.is_set():
+                    s.sendall(b"b" * 65536)
+            except OSError:
+                pass  # refused and closed: what we want
+
+    t = threading.Thread(target=flood)
+    t.start()
+    try:
+        worst = 0.0
+        for _ in range(20):
+            t0 = time.monotonic()
+            assert _request(mlp_server, "GET", "/v2/health/live")[0] == 200
+            worst = max(worst, time.monotonic() - t0)
+    finally:
+        stop.set()
+        t.join(10)
+    assert worst < 0.5
+
+
+def test_grpc_metadata_past_the_bound_is_refused(mlp_server: Server) -> None:
+    req = pb.ModelInferRequest(model_name="mlp")
+    inp = req.inputs.add()
+    inp.name, inp.datatype = "x", "FP32"
+    inp.shape.extend([1, 8])
+    req.raw_input_contents.append(np.zeros(8, np.float32).tobytes())
+    with grpc.insecure_channel(mlp_server.grpc) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(req, timeout=10, metadata=[("x-big", "b" * 70000)])
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value.details()
+        small = stub.ModelInfer(req, timeout=10, metadata=[("x-small", "b" * 1000)])
+        assert small.outputs[0].name == "y"
+        assert stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready

@@ -185,3 +185,49 @@ def test_unbatched_models_run_one_request_at_a_time() -> None:
 
     _run(main())
     assert fwd.batches == [3] * 5
+
+
+def test_requests_of_other_trailing_shapes_never_share_a_batch() -> None:
+    """A signature dimension of -1 past the batch dimension: each caller still gets an answer,
+    and a batch only ever holds one trailing shape (concatenating them would fail everyone)."""
+    shapes: list[set[tuple[int, ...]]] = []
+
+    def forward(inputs: dict[str, Any]) -> dict[str, Any]:
+        shapes.append({inputs["x"].shape[1:]})
+        time.sleep(0.002)
+        return {"y": inputs["x"].sum(axis=1)}
+
+    async def main() -> None:
+        b = Batcher(forward, max_batch_size=32, max_delay_s=0.005, max_queue_rows=1000)
+        b.start()
+        xs = [np.full((1, 2 + i % 3), i, dtype=np.float32) for i in range(30)]
+        outs = await asyncio.gather(*(b.submit({"x": x}, 1) for x in xs))
+        for x, out in zip(xs, outs, strict=True):
+            np.testing.assert_array_equal(out["y"], x.sum(axis=1))
+        await b.stop()
+
+    _run(main())
+    assert len(shapes) >= 3  # at least one batch per width
+    assert all(len(s) == 1 for s in shapes)
+
+
+def test_a_partial_batch_takes_requests_that_arrive_in_the_next_loop_turns() -> None:
+    """No delay configured: requests already on their way (a few event-loop turns behind the
+    first, as a request read from a socket is) still join its batch; no timer is waited on."""
+    fwd = Recorder()
+
+    async def main() -> None:
+        b = Batcher(fwd, max_batch_size=8, max_delay_s=0.0, max_queue_rows=100)
+        b.start()
+        await asyncio.sleep(0.01)  # the batcher is idle, waiting for a request
+
+        async def later(turns: int) -> Any:
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            return await b.submit({"x": np.ones((1, 2))}, 1)
+
+        await asyncio.gather(*(later(turns) for turns in (0, 1, 2, 3)))
+        await b.stop()
+
+    _run(main())
+    assert fwd.batches == [4]

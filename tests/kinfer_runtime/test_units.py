@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,92 @@ def test_data_plane_without_transport(tmp_path: Path) -> None:
         "datatype": "FP32",
         "shape": [-1, 4],
     }
+
+
+def test_configured_max_batch_size_bounds_rows_per_request(tmp_path: Path) -> None:
+    model = load_model(f"file://{make_slow(tmp_path / 'm')}")
+    model.delay = 0  # type: ignore[attr-defined]
+    plane = DataPlane("m", "1", model.signature)
+    assert model.signature.max_batch_size > 4
+
+    def request(rows: int) -> InferRequest:
+        x = np.zeros((rows, 4), np.float32)
+        return InferRequest("m", "", [Tensor("x", "FP32", (rows, 4), x)])
+
+    async def main() -> None:
+        batcher = Batcher(model.forward, max_batch_size=4, max_delay_s=0, max_queue_rows=64)
+        batcher.start()
+        plane.model_loaded(batcher)
+        assert (await plane.infer(request(4))).outputs[0].data.shape[0] == 4
+        with pytest.raises(InvalidInput, match="input 'x': batch of 5 rows exceeds max_batch_size 4"):
+            await plane.infer(request(5))
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert plane.model_config("m")["max_batch_size"] == 4
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "fragment"),
+    [
+        ("FP32", [1.0, None, 3.0], "data[1] is null; FP32 'data' takes numbers only"),
+        ("FP32", [[1.0, 2.0], [3.0, "4"]], "data[1][1] is a string"),
+        ("FP32", [[1, 2], [True, 4]], "data[1][0] is a boolean"),
+        ("INT32", [1, 2.5], "data[1] is a number; INT32 'data' takes integers only"),
+        ("INT64", [[1], [False]], "data[1][0] is a boolean"),
+        ("BOOL", [True, 1], "data[1] is an integer; BOOL 'data' takes booleans only"),
+        ("BYTES", ["a", None], "data[1] is null; BYTES 'data' takes strings only"),
+        ("FP16", [{"a": 1}], "data[0] is an object"),
+    ],
+)
+def test_json_data_is_never_coerced(datatype: str, data: list[object], fragment: str) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(f"input 't': {fragment}")):
+        codec.from_json_data(data, datatype, (2, 2) if isinstance(data[0], list) else (len(data),), "t")
+
+
+def test_json_data_of_the_right_types_decodes() -> None:
+    assert codec.from_json_data([[1, 2.5], [3, 4]], "FP32", (2, 2), "t").dtype == np.float32
+    assert codec.from_json_data([True, False], "BOOL", (2,), "t").tolist() == [True, False]
+    deep: list[object] = [1]
+    for _ in range(3000):  # nesting deeper than Python's recursion limit: still a clean error
+        deep = [deep]
+    with pytest.raises(InvalidInput):
+        codec.from_json_data(deep, "FP32", (1,), "t")
+
+
+def test_default_host_is_loopback() -> None:
+    assert settings.parse(["--model-uri", "/x"], {}).host == "127.0.0.1"
+    assert settings.parse(["--model-uri", "/x"], {"KINFER_HOST": "0.0.0.0"}).host == "0.0.0.0"
+
+
+def test_a_head_that_trickles_in_is_cut_off(tmp_path: Path) -> None:
+    """Slowloris: a head still incomplete after the head timeout is answered 408 and closed;
+    the server goes on answering other connections."""
+    from kinfer_runtime.metrics import RuntimeMetrics
+    from kinfer_runtime.protocol.rest import RestApp, RestServer
+
+    _, sig = locate(str(make_slow(tmp_path / "m")))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = RestServer(RestApp(DataPlane("m", "1", sig), RuntimeMetrics("m"), head_timeout_s=0.3))
+        port = await server.start("127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /v2 HTTP/1.1\r\nx-slow: a")
+        t0 = loop.time()
+        for _ in range(3):
+            await asyncio.sleep(0.05)
+            writer.write(b"a")  # still arriving, never finished
+        reply = await asyncio.wait_for(reader.read(), 5)
+        assert reply.startswith(b"HTTP/1.1 408"), reply
+        assert b"request head not complete 0.3 s after it began" in reply
+        assert 0.25 < loop.time() - t0 < 2
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /v2/health/live HTTP/1.1\r\n\r\n")
+        await asyncio.sleep(0.5)  # longer than the head timeout: a finished head is not cut off
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 200")
+        writer.close()
+        await server.drain(0.0, 1.0)
+
+    asyncio.run(main())

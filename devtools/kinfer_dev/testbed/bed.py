@@ -18,13 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kinfer_dev.testbed import certs, install, network, nodes, prometheus, versions
+from kinfer_dev.testbed import certs, install, network, nodes, prometheus, storage, versions
 from kinfer_dev.testbed.kube import Kube, KubeError
 from kinfer_dev.testbed.procs import Proc, log_tail, spawn, stop
 
 # Stopped in this order by `down` (reverse of start).
 ORDER = (
     "launcher",
+    "registry",
+    "minio",
     "prometheus",
     "kwok",
     "kube-scheduler",
@@ -134,6 +136,7 @@ class Bed:
             f"export KINFER_PROMETHEUS_URL={self.prometheus_url()}\n"
             f"export KINFER_TESTBED_STATE={self.state}\n"
             f"export PATH={install.paths().k8s}:{install.paths().helm.parent}:$PATH\n"
+            + storage.env_lines(self.state, self.load()["ports"])
         )
 
 
@@ -281,14 +284,19 @@ def _argv(name: str, state: Path, ports: dict[str, int]) -> list[str]:
             "--storage.tsdb.retention.time=1d",
             "--log.level=warn",
         ]
+    if name == "minio":
+        return storage.minio_argv(state, ports)
+    if name == "registry":
+        return storage.registry_argv(state, ports)
     if name == "launcher":
+        relayed = [ports[n] for n in ("prometheus", "minio", "registry") if n in ports]
         return [
             sys.executable,
             "-m",
             "kinfer_dev.testbed.launcher",
             f"--kubeconfig={kc}",
             f"--state={state}",
-            f"--relay-port={ports['prometheus']}",
+            *(f"--relay-port={port}" for port in relayed),
         ]
     raise ValueError(name)
 
@@ -317,13 +325,22 @@ def up(state: Path, echo: Callable[[str], None] = print) -> Bed:
         )
     ACTIVE.write_text(str(state.resolve()))
     t0 = time.monotonic()
-    for sub in ("etcd", "prometheus", "pods", "procs", "logs"):  # a fresh cluster each time
+    for sub in (
+        "etcd",
+        "prometheus",
+        "pods",
+        "procs",
+        "logs",
+        "nodes",
+        "minio",
+        "registry",
+    ):  # fresh each time
         _rmtree(state / sub)
     (state / "launcher.ready").unlink(missing_ok=True)
     for sub in ("logs", "etcd", "prometheus", "kwok-home"):
         (state / sub).mkdir(parents=True, exist_ok=True)
     certs.make_pki(state / "pki")
-    names = (
+    names: tuple[str, ...] = (
         "etcd",
         "etcd-peer",
         "kube-apiserver",
@@ -332,6 +349,10 @@ def up(state: Path, echo: Callable[[str], None] = print) -> Bed:
         "kwok",
         "prometheus",
     )
+    if storage.installed():
+        names += storage.PORTS
+    else:
+        echo("model stores not built (kinfer dev install minio registry): s3:// and oci:// e2e skip")
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     certs.write_kubeconfig(bed.kubeconfig, state / "pki", f"https://127.0.0.1:{ports['kube-apiserver']}")
     (state / "kwok.yaml").write_text(nodes.kwok_config(_kwok_module_dir()))
@@ -360,6 +381,9 @@ def up(state: Path, echo: Callable[[str], None] = print) -> Bed:
         # kwok reads ~/.kwok/kwok.yaml too: give it a HOME of its own.
         started["kwok"] = start("kwok", env={**os.environ, "HOME": str(state / "kwok-home")})
         started["prometheus"] = start("prometheus")
+        if "minio" in ports:
+            started["minio"] = start("minio", env={**os.environ, **storage.minio_env()})
+            started["registry"] = start("registry")
         started["launcher"] = start("launcher")
         _create_nodes(bed)
         checks: dict[str, Callable[[], bool]] = {
@@ -373,6 +397,10 @@ def up(state: Path, echo: Callable[[str], None] = print) -> Bed:
             "prometheus": lambda: _get(f"http://127.0.0.1:{ports['prometheus']}/-/ready"),
             "launcher": lambda: (state / "launcher.ready").exists(),
         }
+        if "minio" in ports:
+            ca = ssl.create_default_context(cafile=str(state / "pki" / "ca.crt"))
+            checks["minio"] = lambda: _get(f"https://127.0.0.1:{ports['minio']}/minio/health/ready", ca)
+            checks["registry"] = lambda: _get(f"http://127.0.0.1:{ports['registry']}/v2/")
         for name, check in checks.items():
             _wait(name, check, started[name], log(name), 60)
         _wait("nodes Ready", lambda: _nodes_ready(bed), started["kwok"], log("kwok"), 60)

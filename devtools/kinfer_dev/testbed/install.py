@@ -157,8 +157,11 @@ def others() -> list[GoBinary]:
             "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
             # The Kubernetes version `helm template` and `helm lint` assume offline, as helm's
             # Makefile sets it from its client-go (v0.36 → 1.36); without it helm says 1.20.
-            *(f"-X helm.sh/helm/v3/pkg/{pkg}.k8sVersion{part}" for pkg in ("chartutil", "lint/rules")
-              for part in ("Major=1", "Minor=36")),
+            *(
+                f"-X helm.sh/helm/v3/pkg/{pkg}.k8sVersion{part}"
+                for pkg in ("chartutil", "lint/rules")
+                for part in ("Major=1", "Minor=36")
+            ),
         ]
     )
     return [
@@ -173,6 +176,21 @@ def others() -> list[GoBinary]:
         GoBinary("kwok", "sigs.k8s.io/kwok", versions.KWOK, ("sigs.k8s.io/kwok/cmd/kwok",)),
         GoBinary("helm", "helm.sh/helm/v3", versions.HELM, ("helm.sh/helm/v3/cmd/helm",), helm_ld),
         prometheus(),
+        *storage(),
+    ]
+
+
+def storage() -> list[GoBinary]:
+    """The object store and the registry that `s3://` and `oci://` models come from."""
+    return [
+        GoBinary("minio", "github.com/minio/minio", versions.MINIO, ("github.com/minio/minio",)),
+        GoBinary(
+            "registry",
+            "github.com/distribution/distribution/v3",
+            versions.DISTRIBUTION,
+            ("github.com/distribution/distribution/v3/cmd/registry",),
+            "-s -w -X github.com/distribution/distribution/v3/version.version=" + versions.DISTRIBUTION,
+        ),
     ]
 
 
@@ -192,6 +210,16 @@ def prometheus() -> GoBinary:
     )
 
 
+def bench_tools() -> list[GoBinary]:
+    """Compiled load clients for the runtime benchmark; not part of the test bed."""
+    return [
+        GoBinary("vegeta", "github.com/tsenart/vegeta/v12", versions.VEGETA,
+                 ("github.com/tsenart/vegeta/v12",)),
+        GoBinary("ghz", "github.com/bojand/ghz", versions.GHZ, ("github.com/bojand/ghz/cmd/ghz",),
+                 f"-s -w -X main.version={versions.GHZ}"),
+    ]  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Paths:
     """Where the installed binaries are (what `bed` needs)."""
@@ -201,6 +229,8 @@ class Paths:
     kwok: Path
     helm: Path
     prometheus: Path
+    minio: Path
+    registry: Path
 
 
 def paths() -> Paths:
@@ -211,6 +241,8 @@ def paths() -> Paths:
         kwok=b / f"kwok-{versions.KWOK}" / "kwok",
         helm=b / f"helm-{versions.HELM}" / "helm",
         prometheus=b / f"prometheus-{versions.PROMETHEUS}" / "prometheus",
+        minio=b / f"minio-{versions.MINIO}" / "minio",
+        registry=b / f"registry-{versions.DISTRIBUTION}" / "registry",
     )
 
 
@@ -247,10 +279,12 @@ def install_all(only: list[str] | None = None, echo: bool = True) -> None:
         raise RuntimeError("the go toolchain is not on PATH (needs Go >= " + versions.GO_LINE + ")")
     logs = cache_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    builds = others()
-    log = logs / "k8s.log"
-    builds.insert(0, kubernetes(log))
-    for module, version in SOURCES if not only else ():
+    if only == ["bench"]:
+        builds = bench_tools()
+        only = None
+    else:
+        builds = [kubernetes(logs / "k8s.log"), *others()]
+    for module, version in SOURCES if not only and builds[0].name == "k8s" else ():
         if echo:
             print(f"{module} {version}: sources in {module_dir(module, version)}", flush=True)
     for b in builds:

@@ -101,6 +101,8 @@ class PodRunner:
     host_ports: list[int] = field(default_factory=list)  # relayed into pods that hold a token
     proxy: ServiceProxy | None = None  # where its Services' relays are made (None: not made)
     containers: list[Container] = field(default_factory=list)
+    init_containers: list[Container] = field(default_factory=list)  # run in order, each to exit 0
+    initialized: bool = False
     stop_event: threading.Event = field(default_factory=threading.Event)
     grace_s: float = 30.0
     finalize: bool = False  # delete the pod object once the processes are gone
@@ -130,13 +132,19 @@ class PodRunner:
 
     # --- the pod's life --------------------------------------------------------------------
 
+    def _all(self) -> list[Container]:
+        return [*self.init_containers, *self.containers]
+
     def _run(self) -> None:
         try:
             self._setup()
             while not self.stop_event.is_set():
                 now = time.monotonic()
-                for c in self.containers:
-                    self._tick(c, now)
+                if self.initialized:
+                    for c in self.containers:
+                        self._tick(c, now)
+                else:
+                    self._tick_init(now)
                 self._patch()
                 self.stop_event.wait(TICK_S)
             self._terminate()
@@ -168,6 +176,9 @@ class PodRunner:
 
     def _setup(self) -> None:
         spec = self.pod["spec"]
+        for c in spec.get("initContainers", []):
+            self.init_containers.append(Container(spec=c, env=container_env(self.pod, c)))
+        self.initialized = not self.init_containers
         for c in spec["containers"]:
             cont = Container(spec=c, env=container_env(self.pod, c))
             if "readinessProbe" in c:
@@ -180,10 +191,32 @@ class PodRunner:
         if not spec.get("hostNetwork"):
             self.netns = network.pod_netns_up(self._uid, self.ip, self._netns_dir)
             self._wire_services(self.netns)
-        if volumes.mounts_token(self.pod):
+        if volumes.needs_volumes(self.pod):
             if not self._make_volumes():
                 return
-            self._wire_to_cluster()
+            if volumes.mounts_token(self.pod):
+                self._wire_to_cluster()
+            elif self.netns:  # a model download: the stores (and Prometheus) on 127.0.0.1
+                for port in self.host_ports[1:]:
+                    self.relays.append(Relay(self.netns, ("127.0.0.1", port), host_loopback(port)))
+        if self.initialized:
+            for c in self.containers:
+                self._start(c)
+
+    def _tick_init(self, now: float) -> None:
+        """Init containers one at a time; a failed one is restarted with back-off (restartPolicy
+        Always and OnFailure), as a kubelet does; then the containers start."""
+        for c in self.init_containers:
+            if c.term is not None and c.term["exitCode"] == 0:
+                continue
+            if c.term is not None:  # failed for good (restartPolicy Never)
+                return
+            if c.proc is None and c.restart_at is None and not c.error:
+                self._start(c)
+            else:
+                self._tick(c, now)
+            return
+        self.initialized = True
         for c in self.containers:
             self._start(c)
 
@@ -193,7 +226,9 @@ class PodRunner:
         warned = ""
         while not self.stop_event.is_set():
             try:
-                self.volumes = volumes.materialize(self.kube, self.pod, self._pod_dir / "volumes")
+                self.volumes = volumes.materialize(
+                    self.kube, self.pod, self._pod_dir / "volumes", self.state / "nodes"
+                )
                 return True
             except volumes.VolumeError as e:
                 if str(e) != warned:
@@ -244,6 +279,15 @@ class PodRunner:
             c.error = str(e)
             self._event("Warning", "Failed", f"container {c.name}: {e}")
             return
+        try:
+            secrets = volumes.secret_env(self.kube, self.pod["metadata"]["namespace"], c.spec)
+        except volumes.VolumeError as e:  # the kubelet retries until the Secret is there
+            if c.error != str(e):
+                self._event("Warning", "Failed", f"Error: {e}")
+            c.error, c.restart_at = str(e), time.monotonic() + 2
+            return
+        c.error = ""
+        env = {**c.env, **secrets}
         if self.volumes is not None:
             try:
                 argv = self._sandboxed(c, argv)
@@ -263,7 +307,7 @@ class PodRunner:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=c.env,
+                env=env,
                 cwd=cwd,
                 start_new_session=True,
             )
@@ -321,7 +365,7 @@ class PodRunner:
                 elif c.readiness.failures >= int(c.readiness.spec.get("failureThreshold", 3)):
                     c.ready = False
         elif c.restart_at is not None and now >= c.restart_at:
-            c.restarts += 1
+            c.restarts += 0 if c.error else 1  # a missing Secret is no restart
             self._start(c)
 
     def _restart_unhealthy(self, c: Container, probe: str, now: float) -> None:
@@ -333,16 +377,21 @@ class PodRunner:
     def _exited(self, c: Container, code: int, now: float) -> None:
         ran = now - c.started_at
         self._proc_file(c).unlink(missing_ok=True)
-        term = {
+        term: Obj = {
             "exitCode": code if code >= 0 else 128 - code,
             "reason": "Completed" if code == 0 else "Error",
             "startedAt": c.started_iso,
             "finishedAt": now_iso(),
         }
+        if code != 0 and c.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            term["message"] = self._log_tail(c)
         c.proc, c.ready = None, False
         log(f"{self.key}: {c.name} exited with {code} after {ran:.1f} s")
         policy = self.pod["spec"].get("restartPolicy", "Always")
-        if policy == "Always" or (policy == "OnFailure" and code != 0):
+        init = c in self.init_containers
+        if init and code == 0:
+            c.term = term
+        elif policy == "Always" or (policy == "OnFailure" and code != 0) or (init and policy != "Never"):
             c.last_term = term
             c.backoff_s = (
                 BACKOFF_START_S
@@ -353,6 +402,18 @@ class PodRunner:
             self._event("Warning", "BackOff", f"Back-off {c.backoff_s:.0f}s restarting {c.name}")
         else:
             c.term = term
+
+    def _log_tail(self, c: Container) -> str:
+        """What a kubelet takes from the log for FallbackToLogsOnError: the last 80 lines, at
+        most 2048 bytes (the file here also holds earlier runs: only their tail is read)."""
+        try:
+            with (self._pod_dir / f"{c.name}.log").open("rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 2048))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-80:])
 
     def _probe(self, c: Container, probe: Obj) -> bool:
         host = self.ip if self.netns else "127.0.0.1"
@@ -387,7 +448,7 @@ class PodRunner:
 
     def _terminate(self) -> None:
         deadline = time.monotonic() + self.grace_s
-        for c in self.containers:
+        for c in self._all():
             if c.proc is not None and c.proc.poll() is None:
                 self._pre_stop(c, deadline)
         self._kill_all(max(0.0, deadline - time.monotonic()))
@@ -416,7 +477,7 @@ class PodRunner:
             log(f"{self.key}: preStop of {c.name} failed: {e!r}")
 
     def _kill_all(self, grace: float) -> None:
-        running = [c for c in self.containers if c.proc is not None and c.proc.poll() is None]
+        running = [c for c in self._all() if c.proc is not None and c.proc.poll() is None]
         for c in running:
             self._signal(c, signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -469,14 +530,17 @@ class PodRunner:
             msg = f"back-off {c.backoff_s:.0f}s restarting failed container {c.name}"
             st["state"] = {"waiting": {"reason": "CrashLoopBackOff", "message": msg}}
         else:
-            st["state"] = {"waiting": {"reason": "ContainerCreating"}}
+            waiting = "ContainerCreating" if self.initialized else "PodInitializing"
+            st["state"] = {"waiting": {"reason": waiting}}
         if c.last_term is not None:
             st["lastState"] = {"terminated": c.last_term}
         return st
 
     def _patch(self) -> None:
-        ready = all(c.ready for c in self.containers)
+        ready = self.initialized and all(c.ready for c in self.containers)
         status: Obj = {"containerStatuses": [self._container_status(c) for c in self.containers]}
+        if self.init_containers:
+            status["initContainerStatuses"] = [self._container_status(c) for c in self.init_containers]
         if all(c.term is not None for c in self.containers):
             ok = all(c.term and c.term["exitCode"] == 0 for c in self.containers)
             status["phase"] = "Succeeded" if ok else "Failed"

@@ -103,11 +103,31 @@ def _token(kube: Kube, pod: Obj, src: Obj, root: Path) -> None:
     _write(root, src["path"], answer["status"]["token"].encode())
 
 
-def materialize(kube: Kube, pod: Obj, root: Path) -> dict[str, Path]:
-    """Write every volume of the pod under root/<name>; return name → directory."""
+def needs_volumes(pod: Obj) -> bool:
+    """Pods run with their volumes: those holding a token, and those with init containers
+    (a model download: the init container fills an emptyDir the server then reads)."""
+    return mounts_token(pod) or bool(pod["spec"].get("initContainers"))
+
+
+def host_path(nodes_root: Path, node: str, path: str) -> Path:
+    """A hostPath on a fake node: each node has a directory of its own, which outlives pods
+    (a node-local cache is shared by the pods of one node only)."""
+    return nodes_root / node / "hostpath" / path.lstrip("/")
+
+
+def materialize(kube: Kube, pod: Obj, root: Path, nodes_root: Path | None = None) -> dict[str, Path]:
+    """Write every volume of the pod under root/<name> (hostPath volumes under nodes_root);
+    return name → directory."""
     namespace = pod["metadata"]["namespace"]
     made: dict[str, Path] = {}
     for name, vol in volumes_by_name(pod).items():
+        if "hostPath" in vol and nodes_root is not None:
+            made[name] = host_path(nodes_root, pod["spec"]["nodeName"], vol["hostPath"]["path"])
+            if vol["hostPath"].get("type") == "DirectoryOrCreate":
+                made[name].mkdir(parents=True, exist_ok=True)
+            elif not made[name].exists():
+                raise VolumeError(f"volume {name!r}: hostPath {vol['hostPath']['path']} does not exist")
+            continue
         d = root / name
         d.mkdir(parents=True, exist_ok=True)
         if "emptyDir" in vol:
@@ -131,6 +151,42 @@ def materialize(kube: Kube, pod: Obj, root: Path) -> dict[str, Path]:
             raise VolumeError(f"volume {name!r}: type {kind} is not supported by the test bed")
         made[name] = d
     return made
+
+
+def secret_env(kube: Kube, namespace: str, container: Obj) -> dict[str, str]:
+    """The container's envFrom secretRef and env secretKeyRef values. VolumeError names a
+    Secret or key that is missing (the kubelet's CreateContainerConfigError)."""
+    cache: dict[str, dict[str, str]] = {}
+
+    def data(name: str, optional: bool) -> dict[str, str]:
+        if name not in cache:
+            try:
+                secret = kube.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+            except KubeError as e:
+                if e.status == 404 and optional:
+                    return {}
+                raise VolumeError(
+                    f'secret "{name}" not found' if e.status == 404 else f'secret "{name}": {e}'
+                ) from e
+            raw = secret.get("data") or {}
+            cache[name] = {k: base64.b64decode(v).decode() for k, v in raw.items()}
+        return cache[name]
+
+    env: dict[str, str] = {}
+    for src in container.get("envFrom", []):
+        if "secretRef" in src:
+            ref = src["secretRef"]
+            prefix = src.get("prefix", "")
+            env |= {prefix + k: v for k, v in data(ref["name"], bool(ref.get("optional"))).items()}
+    for e in container.get("env", []):
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            values = data(ref["name"], bool(ref.get("optional")))
+            if ref["key"] in values:
+                env[e["name"]] = values[ref["key"]]
+            elif not ref.get("optional"):
+                raise VolumeError(f"couldn't find key {ref['key']} in Secret {namespace}/{ref['name']}")
+    return env
 
 
 def binds(container: Obj, made: dict[str, Path]) -> list[tuple[Path, str, bool]]:

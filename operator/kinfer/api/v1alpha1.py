@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, WithJsonSchema
 
-from kinfer.api import formats
+from kinfer.api import formats, uris
 from kinfer.api.rules import ApiModel, Rule, validations
 
 GROUP = "kinfer.dev"
@@ -29,29 +29,8 @@ SHORT_NAMES = ("kisvc",)
 # in a 63-character DNS label, hence the shorter bound.
 MAX_NAME_LENGTH = 45
 
-# pvc://CLAIM[/PATH]: CLAIM is a PersistentVolumeClaim name (a DNS subdomain); file:///PATH.
-MODEL_URI = rf"pvc://{formats.DNS_SUBDOMAIN}(/[^/]+)*/?|file:///.+"
-MODEL_URI_MAX = 4096
-_MODEL_URI = re.compile(MODEL_URI)
-
-
-def _claim_length(uri: str) -> int:
-    return len(uri.removeprefix("pvc://").split("/", 1)[0])
-
-
-MODEL_URI_RULES = (
-    Rule(
-        cel=formats.matches("self", MODEL_URI),
-        message="must be pvc://CLAIM/PATH (CLAIM a PersistentVolumeClaim name) or file:///PATH",
-        holds=lambda uri: _MODEL_URI.fullmatch(uri) is not None,
-    ),
-    Rule(
-        cel="!self.startsWith('pvc://') || "
-        "(self.indexOf('/', 6) == -1 ? size(self) : self.indexOf('/', 6)) - 6 <= 253",
-        message="the claim name in pvc://CLAIM/PATH must be at most 253 characters",
-        holds=lambda uri: not uri.startswith("pvc://") or _claim_length(uri) <= 253,
-    ),
-)
+MODEL_URI_MAX = uris.MAX
+MODEL_URI_RULES = uris.RULES
 
 # Kubernetes resource quantities: "500m", "2", "1.5", "8Gi", "1e3", or a bare integer (kubectl
 # sends `cpu: 2` as a number). A fraction written unquoted (`cpu: 0.5`) is a JSON number the
@@ -71,6 +50,8 @@ Quantity = Annotated[
 class Model(ApiModel):
     """Where the model lives and how it is packaged."""
 
+    rules = uris.MODEL_RULES
+
     uri: Annotated[
         str,
         Field(
@@ -81,11 +62,36 @@ class Model(ApiModel):
     ]
     """Location of the model. pvc://CLAIM/PATH mounts the PersistentVolumeClaim CLAIM read-only and
     loads PATH inside it; file:///PATH loads a path that exists in the runtime image or on the node
-    (development). Required."""
+    (development). s3://BUCKET/PATH (an object, or a prefix ending in /), oci://REGISTRY/REPO:TAG
+    or @sha256:DIGEST (a model directory pushed as an OCI artifact, e.g. by kinfer model push) and
+    https://HOST/PATH (a file, or a .tar/.tar.gz/.zip archive that is unpacked) are downloaded by
+    an init container into the pod, through the node's model cache. Required."""
 
     format: Literal["torchscript", "torch-export"] = "torchscript"
     """How the model is packaged: torchscript (torch.jit.save) or torch-export (torch.export.save
     archive). Default torchscript."""
+
+    secret_name: Annotated[
+        str,
+        Field(
+            max_length=formats.DNS_SUBDOMAIN_MAX,
+            json_schema_extra=validations(formats.OPTIONAL_DNS_SUBDOMAIN_RULE),
+        ),
+    ] = ""
+    """Secret in the service's namespace whose keys become the downloader's environment: for s3://
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_SESSION_TOKEN, AWS_REGION and
+    AWS_ENDPOINT_URL (any S3-compatible endpoint); for oci:// and https:// KINFER_STORAGE_USERNAME
+    and KINFER_STORAGE_PASSWORD (registry login, HTTP basic auth) or KINFER_STORAGE_TOKEN (bearer).
+    Empty: the pod's own environment and identity (e.g. injected web-identity credentials)."""
+
+    sha256: Annotated[str, Field(max_length=64, json_schema_extra=validations(uris.SHA256_RULE))] = ""
+    """SHA-256 digest (64 lower-case hex digits) the downloaded https:// file must have; a
+    mismatch fails the download and nothing is kept. Empty: not checked."""
+
+    cache: bool = True
+    """Keep the downloaded model in the node's model cache (keyed by content digest) and start the
+    next pod of this model on the same node from it. false: download every time and never cache.
+    Default true."""
 
 
 class Batching(ApiModel):
@@ -554,6 +560,76 @@ class CanaryStatus(ApiModel):
     canary Deployment is scaled to zero, so removing spec.rollout.canary costs no capacity."""
 
 
+class ColdStartStatus(ApiModel):
+    """How long this service's new pods take from created to Ready, as the operator measured it
+    from the API (pods with no container restart). The autoscaler's headroom and backlog terms
+    use it."""
+
+    seconds: float
+    """The estimate, in seconds: a moving average over measured pods (recent pods weigh at
+    least a fifth)."""
+
+    samples: int = 0
+    """Pods measured so far."""
+
+    measured_until: str = ""
+    """Ready time of the newest pod counted (RFC 3339); pods Ready later are new samples."""
+
+
+class AutoscalerStatus(ApiModel):
+    """What the autoscaler carries between ticks (mode metrics), saved so that a restarted
+    operator or a new leader continues with the same stabilization window, panic and learned
+    throughput instead of starting over. Written at most about once a minute, and whenever the
+    count or the panic state changes. Times are Unix seconds."""
+
+    saved_at: float = 0
+    """When this was saved (Unix seconds)."""
+
+    recommendations: list[list[float]] = []
+    """(time, replicas) pairs within the longest stabilization window."""
+
+    panic_until: float | None = None
+    """Panic holds until this time; absent when not panicking."""
+
+    panic_floor: int = 0
+    """Fewest replicas while the panic lasts."""
+
+    last_demand_at: float | None = None
+    """When demand (queue, in flight or requests) was last seen."""
+
+    last_scale_at: float | None = None
+    """When the autoscaler last changed the count."""
+
+    fit: list[float] = []
+    """Decayed per-second sums over forwards (count, rows, seconds, rows², rows x seconds) and
+    when they were decayed: the fit of the runtime's batch-latency line."""
+
+    history: list[list[float]] = []
+    """(time, queue depth, arrival rate) per tick over the last 10 minutes."""
+
+
+class PodStart(ApiModel):
+    """How the most recently ready pod started: the model download, then the server."""
+
+    pod: str = ""
+    """The pod these times are of."""
+
+    download_seconds: float | None = None
+    """Seconds the storage initializer took (0 on a node-cache hit); unset for pvc:// and file://."""
+
+    download_bytes: int = 0
+    """Bytes it downloaded (0 on a cache hit)."""
+
+    cache_hit: bool = False
+    """Whether the node's model cache served the model."""
+
+    start_seconds: float | None = None
+    """Seconds from the server container's start to Ready: model load, warm-up, first probe."""
+
+    created_to_ready_seconds: float | None = None
+    """Seconds from the pod's creation to Ready (scheduling, download, start): the cold start."""
+
+
 class InferenceServiceStatus(ApiModel):
     """Observed state, written by the operator."""
 
@@ -588,8 +664,18 @@ class InferenceServiceStatus(ApiModel):
     canary: CanaryStatus | None = None
     """The canary rollout, when one runs."""
 
+    cold_start: ColdStartStatus | None = None
+    """Measured created→Ready time of this service's pods."""
+
+    autoscaler: AutoscalerStatus | None = None
+    """The autoscaler's carried state (mode metrics)."""
+
     url: str = ""
     """In-cluster URL of the Service."""
+
+    last_start: PodStart | None = None
+    """Download, start and created-to-Ready seconds of the most recently ready pod (the
+    autoscaler's estimate over all pods is coldStart)."""
 
 
 _DNS_1035 = re.compile(formats.DNS_1035_LABEL)

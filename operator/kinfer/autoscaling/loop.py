@@ -5,14 +5,18 @@ ScalingState in memory between ticks, patches the status this returns, and re-ap
 Deployments when the count changed (render reads status.desiredReplicas).
 
 Status is written only when something a person would see changed (the count, a condition, the
-rounded metrics), so an idle service costs no writes. The state is not persisted: a new leader
-starts from status.desiredReplicas, and decide() then waits a full scale-down window before
-removing anything.
+rounded metrics), and the autoscaler's state (status.autoscaler: stabilization history, panic,
+learned throughput, rate history) when the count or the panic changes and otherwise at most
+every SAVE_SECONDS. A new leader starts from that state and status.desiredReplicas; with no
+saved state decide() waits a full scale-down window before removing anything.
+
+The window gets two inputs that are not Prometheus': the runtime's maxBatchSize from the spec
+and the measured cold start (status.coldStart, see coldstart.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,9 +35,34 @@ class ScaleTick:
     events: list[tuple[str, str, str]] = field(default_factory=list)
 
 
+SAVE_SECONDS = 60.0
+"""status.autoscaler is rewritten at most this often when nothing else changed: a new leader
+loses at most this much history."""
+
+
 def initial_state(spec: api.Scaling, status: dict[str, Any]) -> ScalingState:
-    """The state a fresh operator (or a new leader) starts from: the count that runs now."""
-    return ScalingState(replicas=total_replicas(spec, status))
+    """The state a fresh operator (or a new leader) starts from: the count that runs now, and
+    what the previous leader saved in status.autoscaler."""
+    saved = status.get("autoscaler")
+    state = ScalingState.from_dict(saved) if isinstance(saved, dict) else ScalingState()
+    return replace(state, replicas=total_replicas(spec, status))
+
+
+def saved_state(state: ScalingState, now: float) -> dict[str, Any]:
+    """status.autoscaler for a state (replicas live in desiredReplicas)."""
+    data = {k: v for k, v in state.to_dict().items() if k != "replicas" and v is not None}
+    return {**data, "savedAt": now}
+
+
+def inputs(isvc: dict[str, Any], window: MetricsWindow) -> MetricsWindow:
+    """The window with the spec's maxBatchSize and the measured cold start filled in."""
+    spec = api.validate_spec(isvc["spec"])
+    cold = ((isvc.get("status") or {}).get("coldStart") or {}).get("seconds")
+    return replace(
+        window,
+        max_batch_size=spec.runtime.batching.max_batch_size,
+        cold_start_seconds=None if cold is None else float(cold),
+    )
 
 
 def observed_metrics(window: MetricsWindow, previous: dict[str, Any]) -> dict[str, Any]:
@@ -56,6 +85,7 @@ def tick(isvc: dict[str, Any], window: MetricsWindow, state: ScalingState, now: 
     spec = api.validate_spec(isvc["spec"]).scaling
     previous: dict[str, Any] = isvc.get("status") or {}
     generation = int(isvc["metadata"].get("generation") or 0)
+    window = inputs(isvc, window)
     decision = decide(spec, window, state, now.timestamp())
     out = ScaleTick(decision)
     patch = out.status_patch
@@ -93,6 +123,11 @@ def tick(isvc: dict[str, Any], window: MetricsWindow, state: ScalingState, now: 
                 f"{decision.previous} → {decision.replicas} replicas: {decision.reason}",
             )
         )
+    saved = previous.get("autoscaler") or {}
+    panic_changed = (saved.get("panicUntil") is None) != (decision.next_state.panic_until is None)
+    due = now.timestamp() - float(saved.get("savedAt") or 0) >= SAVE_SECONDS
+    if decision.metrics_available and (decision.changed or panic_changed or due):
+        patch["autoscaler"] = saved_state(decision.next_state, now.timestamp())
     if was.get("MetricsAvailable") == "True" and available.status == "False":
         out.events.append(("Warning", "MetricsUnavailable", available.message))
     elif was.get("MetricsAvailable") == "False" and available.status == "True":

@@ -37,6 +37,12 @@ class Queries:
     inflight: str
     p95_latency_ms: str
     request_rate: str
+    # The runtime's forwards, for the fit of its batch-latency curve (decision.learn_forward).
+    rows_per_second: str
+    forwards_per_second: str
+    busy_seconds_per_second: str
+    rows_squared_per_second: str
+    row_seconds_per_second: str
 
 
 def selector(namespace: str, name: str, track: str | None = None) -> str:
@@ -62,6 +68,14 @@ def queries(namespace: str, name: str, track: str | None = None) -> Queries:
         # Aggregate the buckets across pods first: the p95 of the service, not a mean of p95s.
         p95_latency_ms=(f"histogram_quantile(0.95, sum by (le) (rate({buckets}[{RATE_WINDOW}]))) * 1000"),
         request_rate=f"sum(rate(kinfer_requests_total{{{sel}}}[{RATE_WINDOW}]))",
+        rows_per_second=f"sum(rate(kinfer_batch_size_sum{{{sel}}}[{RATE_WINDOW}]))",
+        forwards_per_second=f"sum(rate(kinfer_batch_size_count{{{sel}}}[{RATE_WINDOW}]))",
+        busy_seconds_per_second=f"sum(rate(kinfer_forward_seconds_total{{{sel}}}[{RATE_WINDOW}]))",
+        rows_squared_per_second=f"sum(rate(kinfer_batch_rows_squared_total{{{sel}}}[{RATE_WINDOW}]))",
+        # Each row observes its forward's seconds: the sum is Σ rows x seconds over forwards.
+        row_seconds_per_second=(
+            f'sum(rate(kinfer_request_duration_seconds_sum{{{sel},phase="compute"}}[{RATE_WINDOW}]))'
+        ),
     )
 
 
@@ -87,6 +101,16 @@ def read_window(
         inflight = source.scalar(q.inflight)
         p95 = source.scalar(q.p95_latency_ms)
         rate = source.scalar(q.request_rate)
+        forwards = tuple(
+            source.scalar(promql)
+            for promql in (
+                q.rows_per_second,
+                q.forwards_per_second,
+                q.busy_seconds_per_second,
+                q.rows_squared_per_second,
+                q.row_seconds_per_second,
+            )
+        )
     except MetricsUnavailable as err:
         return MetricsWindow.unavailable(now, str(err) or "Prometheus unavailable")
     except Exception as err:  # a buggy source must not take the operator's timer down
@@ -101,6 +125,11 @@ def read_window(
         request_rate=_finite(rate),
         ready_replicas=int(_finite(ready)),
         latency_replicas=None if latency_replicas is None else int(_finite(latency_replicas)),
+        rows_per_second=_optional(forwards[0]),
+        forwards_per_second=_optional(forwards[1]),
+        busy_seconds_per_second=_optional(forwards[2]),
+        rows_squared_per_second=_optional(forwards[3]),
+        row_seconds_per_second=_optional(forwards[4]),
     )
 
 
@@ -143,6 +172,11 @@ def parse_scalar(result: Any) -> float | None:
 
 def _finite(value: float | None) -> float:
     return 0.0 if value is None or not math.isfinite(value) else value
+
+
+def _optional(value: float | None) -> float | None:
+    """None for no series (a runtime without the counter) or a non-finite answer."""
+    return None if value is None or not math.isfinite(value) else value
 
 
 def _quote(value: str) -> str:

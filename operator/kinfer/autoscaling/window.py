@@ -35,6 +35,27 @@ class MetricsWindow:
     """Fewest pods that reported during the latency window: the pool that produced the p95.
     Right after a scale-up the p95 still describes the old, smaller pool. None: use
     ready_replicas."""
+    rows_per_second: float | None = None
+    """Rows the pods' forwards finished per second over the rate window (the batch-size
+    histogram's sum). None: not measured."""
+    forwards_per_second: float | None = None
+    """Forward passes finished per second over the rate window (the batch-size histogram's
+    count). Mean batch size = rows_per_second / forwards_per_second."""
+    busy_seconds_per_second: float | None = None
+    """Seconds of forwards per second, summed over the pods (rate of
+    kinfer_forward_seconds_total). Mean forward time = this / forwards_per_second."""
+    rows_squared_per_second: float | None = None
+    """Rate of the sum of rows² over forwards (kinfer_batch_rows_squared_total)."""
+    row_seconds_per_second: float | None = None
+    """Rate of the sum over rows of their forward's seconds (the compute-phase duration
+    histogram's sum). With the four rates above: a least-squares line t = a + b x rows over
+    every forward of the window."""
+    max_batch_size: int | None = None
+    """The runtime's largest batch (spec.runtime.batching.maxBatchSize), from the spec, not
+    from Prometheus. None: unknown."""
+    cold_start_seconds: float | None = None
+    """How long a new pod takes from created to Ready, as measured for this service (status
+    coldStartSeconds). None: not measured yet."""
 
     @classmethod
     def unavailable(cls, sampled_at: float, reason: str) -> MetricsWindow:
@@ -63,6 +84,12 @@ class MetricsWindow:
     def from_dict(cls, data: dict[str, Any]) -> MetricsWindow:
         p95 = data.get("p95_latency_ms")
         lr = data.get("latency_replicas")
+
+        def opt(key: str) -> float | None:
+            value = data.get(key)
+            return None if value is None else float(value)
+
+        mb = data.get("max_batch_size")
         return cls(
             sampled_at=float(data["sampled_at"]),
             available=bool(data.get("available", True)),
@@ -73,4 +100,11 @@ class MetricsWindow:
             request_rate=float(data.get("request_rate", 0.0)),
             ready_replicas=int(data.get("ready_replicas", 0)),
             latency_replicas=None if lr is None else int(lr),
+            rows_per_second=opt("rows_per_second"),
+            forwards_per_second=opt("forwards_per_second"),
+            busy_seconds_per_second=opt("busy_seconds_per_second"),
+            rows_squared_per_second=opt("rows_squared_per_second"),
+            row_seconds_per_second=opt("row_seconds_per_second"),
+            max_batch_size=None if mb is None else int(mb),
+            cold_start_seconds=opt("cold_start_seconds"),
         )

@@ -14,6 +14,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from kinfer.api import uris
 from kinfer.api import v1alpha1 as api
 from kinfer.rollout.machine import effective_model
 from kinfer.settings import OperatorConfig
@@ -21,6 +22,8 @@ from kinfer.settings import OperatorConfig
 HTTP_PORT = 8080
 GRPC_PORT = 8081
 MODEL_MOUNT = "/mnt/models"
+CACHE_MOUNT = "/var/cache/kinfer"
+INITIALIZER = "storage-initializer"
 DRAIN_SECONDS = 5
 # preStop drain, then the runtime finishes accepted requests: a batch at most a few seconds.
 GRACE_SECONDS = 45
@@ -52,6 +55,7 @@ class Track:
     volumes: list[dict[str, Any]] = field(default_factory=list)
     volume_mounts: list[dict[str, Any]] = field(default_factory=list)
     env: list[dict[str, str]] = field(default_factory=list)
+    init_containers: list[dict[str, Any]] = field(default_factory=list)
     # Never below the wanted count while pods are replaced: one extra pod at a time.
     rolling_update: dict[str, int | str] = field(default_factory=lambda: {"maxSurge": 1, "maxUnavailable": 0})
 
@@ -115,14 +119,48 @@ def route_weight(canary: api.Canary, status: dict[str, Any]) -> int:
     return canary_weight(canary, status)
 
 
-def _model_location(model: api.Model) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
-    """The URI the runtime loads, and the volume that makes it reachable inside the pod."""
+@dataclass(frozen=True)
+class ModelLocation:
+    """The URI the server loads, the volumes that make it reachable, and what fetches it."""
+
+    uri: str
+    volumes: list[dict[str, Any]]
+    mounts: list[dict[str, Any]]
+    init_containers: list[dict[str, Any]]
+
+
+def _model_location(model: api.Model, image: str, config: OperatorConfig) -> ModelLocation:
     if model.uri.startswith("pvc://"):
         claim, _, path = model.uri.removeprefix("pvc://").partition("/")
         volume = {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         mount = {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}
-        return f"file://{MODEL_MOUNT}/{path}".rstrip("/"), [volume], [mount]
-    return model.uri, [], []
+        return ModelLocation(f"file://{MODEL_MOUNT}/{path}".rstrip("/"), [volume], [mount], [])
+    if not uris.fetched(model.uri):
+        return ModelLocation(model.uri, [], [], [])
+    volumes: list[dict[str, Any]] = [{"name": "model", "emptyDir": {}}]
+    init_mounts: list[dict[str, Any]] = [{"name": "model", "mountPath": MODEL_MOUNT}]
+    env = [{"name": "KINFER_MODEL_SHA256", "value": model.sha256}] if model.sha256 else []
+    if model.cache and config.model_cache_dir:
+        volumes.append(
+            {"name": "model-cache", "hostPath": {"path": config.model_cache_dir, "type": "DirectoryOrCreate"}}
+        )
+        init_mounts.append({"name": "model-cache", "mountPath": CACHE_MOUNT})
+        env += [
+            {"name": "KINFER_CACHE_DIR", "value": CACHE_MOUNT},
+            {"name": "KINFER_CACHE_MAX_BYTES", "value": str(config.model_cache_max_bytes)},
+        ]
+    init: dict[str, Any] = {
+        "name": INITIALIZER,
+        "image": image,
+        "command": ["kinfer-runtime"],
+        "args": ["fetch", model.uri, MODEL_MOUNT],
+        "env": env,
+        "volumeMounts": init_mounts,
+    }
+    if model.secret_name:
+        init["envFrom"] = [{"secretRef": {"name": model.secret_name}}]
+    mount = {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}
+    return ModelLocation(f"file://{MODEL_MOUNT}", volumes, [mount], [init])
 
 
 def _server_args(name: str, spec: api.InferenceServiceSpec, model_uri: str) -> list[str]:
@@ -182,11 +220,18 @@ def _pod(spec: api.InferenceServiceSpec, config: OperatorConfig) -> dict[str, An
 
 
 def _track(
-    name: str, track: str, spec: api.InferenceServiceSpec, model: api.Model, replicas: int | None
+    name: str,
+    track: str,
+    spec: api.InferenceServiceSpec,
+    model: api.Model,
+    replicas: int | None,
+    config: OperatorConfig,
 ) -> Track:
     deployment = name if track == "stable" else f"{name}-{track}"
     selector = {"kinfer.dev/isvc": name, "kinfer.dev/track": track}
-    model_uri, volumes, mounts = _model_location(model)
+    # The initializer is kinfer-runtime: the service's own image when it runs kinfer.
+    kinfer_image = spec.runtime.server == "kinfer" and spec.runtime.image
+    where = _model_location(model, kinfer_image or config.runtime_image, config)
     scratch = {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}
     return Track(
         name=track,
@@ -201,13 +246,16 @@ def _track(
             "prometheus.io/path": "/metrics",
             "kinfer.dev/model-uri": model.uri,
         },
-        args=_server_args(name, spec, model_uri),
-        volumes=[scratch, *volumes],
-        volume_mounts=[{"name": "tmp", "mountPath": "/tmp"}, *mounts],
+        args=_server_args(name, spec, where.uri),
+        volumes=[scratch, *where.volumes],
+        volume_mounts=[{"name": "tmp", "mountPath": "/tmp"}, *where.mounts],
+        init_containers=where.init_containers,
     )
 
 
-def tracks(name: str, spec: api.InferenceServiceSpec, status: dict[str, Any]) -> list[Track]:
+def tracks(
+    name: str, spec: api.InferenceServiceSpec, status: dict[str, Any], config: OperatorConfig
+) -> list[Track]:
     """The Deployments to run: stable always, canary while spec.rollout.canary is present."""
     canary = spec.rollout.canary
     if spec.scaling.mode == "hpa":
@@ -240,10 +288,10 @@ def tracks(name: str, spec: api.InferenceServiceSpec, status: dict[str, Any]) ->
             stable_split, canary_replicas = split_replicas(total, canary_weight(canary, status))
             if stable_replicas is not None:
                 stable_replicas = stable_split
-    stable = _track(name, "stable", spec, stable_model, stable_replicas)
+    stable = _track(name, "stable", spec, stable_model, stable_replicas, config)
     result.append(replace(stable, rolling_update=stable_update) if stable_update else stable)
     if canary is not None:
-        canary_track = _track(name, "canary", spec, canary.model, canary_replicas)
+        canary_track = _track(name, "canary", spec, canary.model, canary_replicas, config)
         if canary.analysis.drift is not None:
             # The canary's runtime shadows a sample of its requests to stable (drift check).
             rate = canary.analysis.drift.samples_per_second
@@ -291,7 +339,7 @@ def render(isvc: dict[str, Any], config: OperatorConfig) -> list[dict[str, Any]]
         "ports": {"http": HTTP_PORT, "grpc": GRPC_PORT},
     }
     pod = _pod(spec, config)
-    deployments = tracks(name, spec, status)
+    deployments = tracks(name, spec, status, config)
     objects = [
         _load(
             "deployment.yaml.j2",

@@ -116,10 +116,49 @@ def to_raw(arr: Any, datatype: str) -> bytes:
 # ---- JSON data ----
 
 
+# JSON element types each datatype accepts (bool is a subclass of int: checked by exact type)
+_JSON_ELEMENT: dict[str, frozenset[type]] = {
+    **{dt: frozenset({int}) for dt in ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16",
+                                       "UINT32", "UINT64")},
+    **{dt: frozenset({int, float}) for dt in ("FP16", "FP32", "FP64", "BF16")},
+    "BOOL": frozenset({bool}),
+    "BYTES": frozenset({str}),
+}  # fmt: skip
+_JSON_NAME = {type(None): "null", bool: "a boolean", str: "a string", int: "an integer",
+              float: "a number", list: "an array", dict: "an object"}  # fmt: skip
+_WANTS = {"BOOL": "booleans", "BYTES": "strings"}
+
+
+def _wants(datatype: str) -> str:
+    return _WANTS.get(datatype) or ("integers" if datatype[0] in "IU" else "numbers")
+
+
+def check_json_elements(data: list[Any], datatype: str, name: str) -> None:
+    """Refuse any element of the wrong JSON type (no coercion of null, strings or booleans),
+    naming its position. Nested arrays are walked with an explicit stack (no recursion limit)."""
+    allowed = _JSON_ELEMENT[datatype]
+    stack: list[tuple[list[Any], tuple[int, ...]]] = [(data, ())]
+    while stack:
+        items, where = stack.pop()
+        kinds = set(map(type, items))  # one pass in C; the common case ends here
+        if kinds.issubset(allowed):
+            continue
+        for i, x in enumerate(items):
+            if type(x) is list:
+                stack.append((x, (*where, i)))
+            elif type(x) not in allowed:
+                pos = "".join(f"[{j}]" for j in (*where, i))
+                raise InvalidInput(
+                    f"input '{name}': data{pos} is {_JSON_NAME.get(type(x), type(x).__name__)}; "
+                    f"{datatype} 'data' takes {_wants(datatype)} only"
+                )
+
+
 def from_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> Any:
     if not isinstance(data, list):
         raise InvalidInput(f"input '{name}': 'data' must be a JSON array, got {type(data).__name__}")
     count = element_count(shape)
+    check_json_elements(data, datatype, name)
     try:
         if datatype == "BYTES":
             flat = np.asarray(data, dtype=object).ravel()

@@ -55,6 +55,12 @@ class DataPlane:
 
     # ---- metadata ----
 
+    def max_batch_size(self) -> int:
+        """Most rows per request: --max-batch-size (capped by the signature's) once loaded."""
+        if self.batcher is not None and self.signature.batched:
+            return self.batcher.max_batch_size
+        return self.signature.max_batch_size
+
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}
 
@@ -93,7 +99,7 @@ class DataPlane:
         return {
             "name": self.model_name,
             "platform": PLATFORM.get(self.signature.format, self.signature.format),
-            "max_batch_size": self.signature.max_batch_size,
+            "max_batch_size": self.max_batch_size(),
             "input": [spec(s) for s in self.signature.inputs],
             "output": [spec(s) for s in self.signature.outputs],
             "dynamic_batching": {} if batched else None,
@@ -118,6 +124,7 @@ class DataPlane:
     def validate(self, request: InferRequest) -> int:
         """Check inputs against the signature; return the number of rows (1 if unbatched)."""
         sig = self.signature
+        limit = self.max_batch_size()
         rows = -1
         seen = set()
         for t in request.inputs:
@@ -139,10 +146,8 @@ class DataPlane:
                 n = t.shape[0]
                 if n < 1:
                     raise InvalidInput(f"input '{t.name}': batch dimension must be at least 1")
-                if n > sig.max_batch_size:
-                    raise InvalidInput(
-                        f"input '{t.name}': batch of {n} rows exceeds max_batch_size {sig.max_batch_size}"
-                    )
+                if n > limit:
+                    raise InvalidInput(f"input '{t.name}': batch of {n} rows exceeds max_batch_size {limit}")
                 if rows not in (-1, n):
                     raise InvalidInput(f"input '{t.name}': batch dimension {n}, other inputs have {rows}")
                 rows = n

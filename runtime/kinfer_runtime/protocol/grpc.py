@@ -39,6 +39,7 @@ _CONTENTS_FIELD = {
     "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
 }  # fmt: skip
 MAX_MESSAGE_BYTES = 256 << 20
+MAX_METADATA_BYTES = 64 << 10  # the REST header bound (rest.MAX_HEADER_BYTES), for metadata
 
 
 def _param(value: Any) -> Any:
@@ -201,6 +202,9 @@ async def start_grpc(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # soft and hard limit equal: larger metadata is refused every time, not sometimes
+            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+            ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.so_reuseport", 0),
         ]
     )

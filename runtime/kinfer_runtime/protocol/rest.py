@@ -38,8 +38,9 @@ log = logging.getLogger("kinfer_runtime.rest")
 JSON = b"application/json"
 OCTET = b"application/octet-stream"
 _REASONS = {
-    100: b"Continue", 200: b"OK", 400: b"Bad Request", 404: b"Not Found",
-    405: b"Method Not Allowed", 413: b"Payload Too Large", 429: b"Too Many Requests",
+    100: b"Continue", 200: b"OK", 400: b"Bad Request", 404: b"Not Found", 408: b"Request Timeout",
+    405: b"Method Not Allowed", 413: b"Payload Too Large", 414: b"URI Too Long",
+    429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
     500: b"Internal Server Error", 503: b"Service Unavailable", 504: b"Gateway Timeout",
 }  # fmt: skip
 _WANTED_HEADERS = frozenset(
@@ -48,8 +49,16 @@ _WANTED_HEADERS = frozenset(
         b"content-encoding",
         b"expect",
         b"x-request-id",
+        b"content-length",
     }
 )
+# Bounds on a request's head (documented in docs/runtime.md). Past them the answer is 414 / 431
+# and the connection closes: nothing of an oversized head is kept.
+MAX_URL_BYTES = 8 << 10
+MAX_HEADER_BYTES = 64 << 10  # all header names and values together
+MAX_HEADER_FIELDS = 100
+HEAD_TIMEOUT_S = 30.0  # from a request's first byte to the end of its head, else 408
+_LINGER_S = 1.0  # after a refused head: drop what the client still sends, then close
 _ids = itertools.count(1)
 _PID = os.getpid()
 
@@ -77,12 +86,14 @@ class RestApp:
     def __init__(
         self, plane: DataPlane, metrics: RuntimeMetrics, *, serve_metrics: bool = True,
         metrics_only: bool = False, max_body_bytes: int = 64 << 20,
+        head_timeout_s: float = HEAD_TIMEOUT_S,
     ) -> None:  # fmt: skip
         self.plane = plane
         self.metrics = metrics
         self.serve_metrics = serve_metrics or metrics_only
         self.metrics_only = metrics_only
         self.max_body_bytes = max_body_bytes
+        self.head_timeout_s = head_timeout_s
 
     def route_sync(self, method: bytes, path: str) -> Response | None:
         """Everything but infer; None means: this is an infer request, run it async."""
@@ -208,6 +219,16 @@ def _log_error(code: int, message: str, request_id: str, headers: dict[bytes, by
         log.log(level, message, extra={"request_id": _rid(request_id, headers), "code": code})
 
 
+class _Refuse(Exception):
+    """Raised from a parser callback to answer at once and close (`feed_data` then raises an
+    HttpParserCallbackError whose context is this)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
 @dataclass(slots=True)
 class _Request:
     method: bytes
@@ -229,7 +250,13 @@ class HttpConnection(asyncio.Protocol):
         self._running = False
         self._in_message = False
         self._closed = False
-        self._url = b""
+        self._url: list[bytes] = []
+        self._url_size = 0
+        self._in_head = False
+        self._head_size = 0  # bytes received while the head was incomplete
+        self._header_size = 0  # header names and values so far
+        self._header_fields = 0
+        self._head_timer: asyncio.TimerHandle | None = None
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
         self._body_size = 0
@@ -243,37 +270,90 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._stop_head_timer()
         self._server.connection_closed(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        # A chunk that arrives while a head is incomplete is all head (or the head ends in it);
+        # counting it before parsing bounds what httptools accumulates of one header line.
+        counted = self._in_head
+        if counted:
+            self._head_size += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(400, "protocol upgrade is not supported")
+            return
         except httptools.HttpParserError as exc:
-            self._fail(400, f"malformed HTTP request: {exc}")
+            refused = exc.__context__  # httptools wraps what a callback raised
+            if isinstance(refused, _Refuse):
+                self._fail(refused.status, refused.message)
+            else:
+                self._fail(400, f"malformed HTTP request: {exc}")
+            return
+        if not self._in_head:
+            return
+        if counted and self._head_size > MAX_URL_BYTES + MAX_HEADER_BYTES:
+            self._fail(431, f"request head exceeds {MAX_URL_BYTES + MAX_HEADER_BYTES} bytes")
+        elif self._head_timer is None:
+            # a head that trickles in (slowloris) is cut off; a whole head in one read never
+            # gets here, so the common request pays nothing for this
+            loop = asyncio.get_running_loop()
+            self._head_timer = loop.call_later(self._app.head_timeout_s, self._head_too_slow)
 
     # ---- httptools callbacks ----
 
     def on_message_begin(self) -> None:
         self._in_message = True
-        self._url = b""
+        self._in_head = True
+        self._head_size = 0
+        self._header_size = 0
+        self._url = []
+        self._url_size = 0
+        self._header_fields = 0
         self._headers = {}
         self._body = []
         self._body_size = 0
         self._too_large = False
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        self._url_size += len(url)
+        if self._url_size > MAX_URL_BYTES:
+            raise _Refuse(414, f"URL exceeds {MAX_URL_BYTES} bytes")
+        self._url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_fields += 1
+        self._header_size += len(name) + len(value)
+        if self._header_fields > MAX_HEADER_FIELDS:
+            raise _Refuse(431, f"more than {MAX_HEADER_FIELDS} header fields")
+        if self._header_size > MAX_HEADER_BYTES:
+            raise _Refuse(431, f"header fields exceed {MAX_HEADER_BYTES} bytes")
         name = name.lower()
         if name in _WANTED_HEADERS:
             self._headers[name] = value
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._stop_head_timer()
+        length = self._headers.get(b"content-length", b"0")
+        if length.isdigit() and int(length) > self._app.max_body_bytes:
+            # said up front: refuse before a byte of the body is read
+            raise _Refuse(413, f"body of {int(length)} bytes exceeds {self._app.max_body_bytes} bytes")
         if self._headers.get(b"expect", b"").lower() == b"100-continue" and self._transport:
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self._in_head:
+            self._fail(408, f"request head not complete {self._app.head_timeout_s:g} s after it began")
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
@@ -285,7 +365,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._in_message = False
-        url = self._url.decode("latin-1")
+        url = b"".join(self._url).decode("latin-1")
         path = url.split("?", 1)[0]
         body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
         req = _Request(self._parser.get_method(), path, self._headers, body, self._parser.should_keep_alive())
@@ -350,14 +430,24 @@ class HttpConnection(asyncio.Protocol):
         return True
 
     def _fail(self, status: int, message: str) -> None:
+        """Answer, stop serving this connection, and close it.
+
+        What the client still sends is read and dropped for a moment (the parser is not fed):
+        closing a socket with unread data resets it, and the client would lose the answer.
+        """
         self._pending.clear()
-        if self._transport and not self._closed:
-            body = orjson.dumps({"error": message})
-            self._transport.write(
-                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-                b"connection: close\r\n\r\n%s" % (status, _REASONS[status], len(body), body)
-            )
-        self.close()
+        transport = self._transport
+        if transport is None or self._closed:
+            return
+        self._closed = True
+        body = orjson.dumps({"error": message})
+        transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, _REASONS[status], len(body), body)
+        )
+        if transport.can_write_eof():
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
 
     @property
     def idle(self) -> bool:
