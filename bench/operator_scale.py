@@ -33,6 +33,7 @@ import kubernetes
 from kinfer.api import v1alpha1 as api
 from kinfer_dev import local
 from kinfer_dev.testbed import bed, nodes
+from kinfer_dev.testbed.kube import Kube, KubeError
 
 NAMESPACE = "bench-scale"
 OTHER = "bench-other"  # namespaces bench-other-0 … of the unrelated pods
@@ -65,16 +66,25 @@ def _isvc(i: int, model: str) -> dict[str, Any]:
     }
 
 
-def _unrelated(core: kubernetes.client.CoreV1Api, count: int) -> float:
+def _create(kube: Kube, path: str, body: dict[str, Any]) -> None:
+    """Create, or keep what an earlier run left (the unrelated pods are reused)."""
+    try:
+        kube.create(path, body)
+    except KubeError as exc:
+        if exc.status != 409:
+            raise
+
+
+def _unrelated(kube: Kube, count: int) -> float:
     """`count` Running pods on kwok nodes of their own, in namespaces of their own. Seconds taken."""
     started = time.monotonic()
     node_count = -(-count // PODS_PER_NODE)
     for n in range(node_count):
         node = nodes._node(f"bench-kwok-{n}", f"10.90.{n}.0/24", {"kinfer.dev/bench": "unrelated"}, gpus=0)
         node["status"]["capacity"]["pods"] = node["status"]["allocatable"]["pods"] = str(PODS_PER_NODE + 10)
-        core.create_node(node)
+        _create(kube, "/api/v1/nodes", node)
     for ns in range(-(-count // PODS_PER_NAMESPACE)):
-        core.create_namespace({"metadata": {"name": f"{OTHER}-{ns}"}})
+        _create(kube, "/api/v1/namespaces", {"metadata": {"name": f"{OTHER}-{ns}"}})
 
     def create(i: int) -> None:
         pod = {
@@ -87,21 +97,22 @@ def _unrelated(core: kubernetes.client.CoreV1Api, count: int) -> float:
                 "containers": [{"name": "app", "image": "registry.invalid/unrelated:1"}],
             },
         }
-        core.create_namespaced_pod(f"{OTHER}-{i // PODS_PER_NAMESPACE}", pod)
+        _create(kube, f"/api/v1/namespaces/{OTHER}-{i // PODS_PER_NAMESPACE}/pods", pod)
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(create, range(count)))
     return time.monotonic() - started
 
 
-def _remove_unrelated(kubeconfig: Path, core: kubernetes.client.CoreV1Api) -> None:
+def _remove_unrelated(kube: Kube) -> None:
     """Force-delete the pods (no kubelet finishes them), then their namespaces and nodes."""
-    for ns in core.list_namespace(label_selector=None).items:
-        if ns.metadata.name.startswith(OTHER + "-"):
-            core.delete_collection_namespaced_pod(ns.metadata.name, grace_period_seconds=0)
-            core.delete_namespace(ns.metadata.name)
-    for node in core.list_node(label_selector="kinfer.dev/bench=unrelated").items:
-        core.delete_node(node.metadata.name)
+    for ns in kube.get("/api/v1/namespaces")["items"]:
+        name = ns["metadata"]["name"]
+        if name.startswith(OTHER + "-"):
+            kube.delete(f"/api/v1/namespaces/{name}/pods", {"gracePeriodSeconds": 0})
+            kube.delete(f"/api/v1/namespaces/{name}")
+    for node in kube.get("/api/v1/nodes", labelSelector="kinfer.dev/bench=unrelated")["items"]:
+        kube.delete(f"/api/v1/nodes/{node['metadata']['name']}")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -116,19 +127,18 @@ def run(count: int, rate: float, timeout: float, unrelated: int, idle: float) ->
     kubeconfig = bed.Bed(state).kubeconfig
     local.install(kubeconfig)
     kubernetes.config.load_kube_config(str(kubeconfig))  # type: ignore[no-untyped-call]
-    core = kubernetes.client.CoreV1Api()
-    _remove_unrelated(kubeconfig, core)
+    kube = Kube(kubeconfig)
     local.kubectl(kubeconfig, "delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true",
                   timeout=600)  # fmt: skip
     local.kubectl(kubeconfig, "create", "namespace", NAMESPACE)
-    took = _unrelated(core, unrelated) if unrelated else 0.0
+    took = _unrelated(kube, unrelated) if unrelated else 0.0
     if unrelated:
 
         def running() -> int:
-            pods = core.list_pod_for_all_namespaces(
-                label_selector="app=unrelated", field_selector="status.phase=Running"
+            pods = kube.get(
+                "/api/v1/pods", labelSelector="app=unrelated", fieldSelector="status.phase=Running"
             )
-            return len(pods.items)
+            return len(pods["items"])
 
         deadline = time.monotonic() + 600
         while running() < unrelated and time.monotonic() < deadline:
@@ -188,11 +198,6 @@ def run(count: int, rate: float, timeout: float, unrelated: int, idle: float) ->
     _, cpu_settled = _proc_stats(operator.proc.pid)
     time.sleep(idle)
     rss2, cpu2 = _proc_stats(operator.proc.pid)
-    # Delete while the operator runs: it removes its finalizer from each InferenceService.
-    local.kubectl(kubeconfig, "delete", "namespace", NAMESPACE, "--wait=true", timeout=900)
-    operator.stop()
-    _remove_unrelated(kubeconfig, core)
-
     latencies = [seen[n] - sent[n] for n in seen]
     print(f"InferenceServices created: {count} at {rate:g}/s (took {created - started:.1f} s)")
     print(f"observed by the operator:  {len(seen)}/{count}")
@@ -214,6 +219,10 @@ def run(count: int, rate: float, timeout: float, unrelated: int, idle: float) ->
         f"({per_minute / 60 * 100:.2f} % of a core; measured over {idle:.0f} s)"
     )
     print(f"operator log:              {operator.log}")
+    # Delete while the operator runs: it removes its finalizer from each InferenceService.
+    local.kubectl(kubeconfig, "delete", "namespace", NAMESPACE, "--wait=true", timeout=900)
+    operator.stop()
+    _remove_unrelated(kube)
 
 
 def main() -> None:
