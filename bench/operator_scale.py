@@ -1,14 +1,17 @@
 """How the operator copes with many InferenceServices, on the real test bed.
 
-Creates --count InferenceServices at --rate per second in one namespace, then measures, from the
-client side, how long each took from its create request to the first status the operator wrote
-(a Progressing condition), how long until every one was observed, and the operator process's RSS
-and CPU seconds. Pods are pinned to a node label no node has, so they stay Pending: the operator
-does all its work (render, apply, status from pods) while no model server runs, which keeps the
-machine free for the operator being measured.
+First --unrelated pods (default 5,000) in other namespaces, bound to kwok nodes of their own
+that the launcher leaves alone (kwok marks them Running; no process runs): a cluster's other
+workloads, which the operator must not pay for. Then --count InferenceServices at --rate per
+second in one namespace; measured from the client side: how long each took from its create
+request to the first status the operator wrote (a Progressing condition), how long until every
+one was observed, the operator process's RSS, and its CPU seconds in an idle minute after (no
+change anywhere: the cost of watching 1,000 idle services). Model-server pods are pinned to a
+node label no node has, so they stay Pending: the operator does all its work (render, apply,
+status from pods) while no model server runs.
 
-    .venv/bin/python bench/operator_scale.py --count 200
-    .venv/bin/python bench/operator_scale.py --count 1000 --rate 50
+    .venv/bin/python bench/operator_scale.py --count 200 --unrelated 0
+    .venv/bin/python bench/operator_scale.py --count 1000
 
 Prints figures, not a pass/fail: see bench/README.md for recorded runs.
 """
@@ -21,6 +24,7 @@ import statistics
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +32,13 @@ import kubernetes
 
 from kinfer.api import v1alpha1 as api
 from kinfer_dev import local
-from kinfer_dev.testbed import bed
+from kinfer_dev.testbed import bed, nodes
+from kinfer_dev.testbed.kube import Kube, KubeError
 
 NAMESPACE = "bench-scale"
+OTHER = "bench-other"  # namespaces bench-other-0 … of the unrelated pods
+PODS_PER_NODE = 200  # a /24 podCIDR per node
+PODS_PER_NAMESPACE = 500
 
 
 def _proc_stats(pid: int) -> tuple[float, float]:
@@ -58,20 +66,87 @@ def _isvc(i: int, model: str) -> dict[str, Any]:
     }
 
 
+def _create(kube: Kube, path: str, body: dict[str, Any]) -> None:
+    """Create, or keep what an earlier run left (the unrelated pods are reused)."""
+    try:
+        kube.create(path, body)
+    except KubeError as exc:
+        if exc.status != 409:
+            raise
+
+
+def _unrelated(kube: Kube, count: int) -> float:
+    """`count` Running pods on kwok nodes of their own, in namespaces of their own. Seconds taken."""
+    started = time.monotonic()
+    node_count = -(-count // PODS_PER_NODE)
+    for n in range(node_count):
+        node = nodes._node(f"bench-kwok-{n}", f"10.90.{n}.0/24", {"kinfer.dev/bench": "unrelated"}, gpus=0)
+        node["status"]["capacity"]["pods"] = node["status"]["allocatable"]["pods"] = str(PODS_PER_NODE + 10)
+        _create(kube, "/api/v1/nodes", node)
+    for ns in range(-(-count // PODS_PER_NAMESPACE)):
+        _create(kube, "/api/v1/namespaces", {"metadata": {"name": f"{OTHER}-{ns}"}})
+
+    def create(i: int) -> None:
+        pod = {
+            "metadata": {
+                "name": f"app-{i:05d}",
+                "labels": {"app": "unrelated", "app.kubernetes.io/name": "x"},
+            },
+            "spec": {
+                "nodeName": f"bench-kwok-{i % node_count}",
+                "containers": [{"name": "app", "image": "registry.invalid/unrelated:1"}],
+            },
+        }
+        _create(kube, f"/api/v1/namespaces/{OTHER}-{i // PODS_PER_NAMESPACE}/pods", pod)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, range(count)))
+    return time.monotonic() - started
+
+
+def _remove_unrelated(kube: Kube) -> None:
+    """Force-delete the pods (no kubelet finishes them), then their namespaces and nodes."""
+    for ns in kube.get("/api/v1/namespaces")["items"]:
+        name = ns["metadata"]["name"]
+        if name.startswith(OTHER + "-"):
+            kube.delete(f"/api/v1/namespaces/{name}/pods", {"gracePeriodSeconds": 0})
+            kube.delete(f"/api/v1/namespaces/{name}")
+    for node in kube.get("/api/v1/nodes", labelSelector="kinfer.dev/bench=unrelated")["items"]:
+        kube.delete(f"/api/v1/nodes/{node['metadata']['name']}")
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def run(count: int, rate: float, timeout: float) -> None:
+def run(count: int, rate: float, timeout: float, unrelated: int, idle: float) -> None:
     state = bed.default_state_dir()
     if not bed.Bed(state).running():
         bed.up(state, echo=lambda _: None)
     kubeconfig = bed.Bed(state).kubeconfig
     local.install(kubeconfig)
+    kubernetes.config.load_kube_config(str(kubeconfig))  # type: ignore[no-untyped-call]
+    kube = Kube(kubeconfig)
     local.kubectl(kubeconfig, "delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true",
                   timeout=600)  # fmt: skip
     local.kubectl(kubeconfig, "create", "namespace", NAMESPACE)
+    took = _unrelated(kube, unrelated) if unrelated else 0.0
+    if unrelated:
+
+        def running() -> int:
+            pods = kube.get(
+                "/api/v1/pods", labelSelector="app=unrelated", fieldSelector="status.phase=Running"
+            )
+            return len(pods["items"])
+
+        deadline = time.monotonic() + 600
+        while running() < unrelated and time.monotonic() < deadline:
+            time.sleep(5)
+        print(
+            f"unrelated pods:            {running()}/{unrelated} Running on kwok nodes "
+            f"(created in {took:.0f} s)"
+        )
     work = Path(tempfile.mkdtemp(prefix="kinfer-bench-"))
     operator = local.OperatorProcess(
         local.operator_kubeconfig(kubeconfig, work / "operator.kubeconfig"), work / "operator.log",
@@ -81,7 +156,6 @@ def run(count: int, rate: float, timeout: float) -> None:
     time.sleep(3)
     rss0, cpu0 = _proc_stats(operator.proc.pid)
 
-    kubernetes.config.load_kube_config(str(kubeconfig))  # type: ignore[no-untyped-call]
     objects = kubernetes.client.CustomObjectsApi()
     sent: dict[str, float] = {}
     seen: dict[str, float] = {}
@@ -118,13 +192,12 @@ def run(count: int, rate: float, timeout: float) -> None:
     done.set()
     watcher.join(5)
     _, cpu1 = _proc_stats(operator.proc.pid)
-    # A quiet period: resync timers only, no changes. CPU here is the idle cost of `count` services.
+    # Let the last passes (status of freshly Pending pods) finish, then a quiet period: nothing
+    # changes anywhere. CPU here is the idle cost of `count` services among `unrelated` pods.
     time.sleep(30)
+    _, cpu_settled = _proc_stats(operator.proc.pid)
+    time.sleep(idle)
     rss2, cpu2 = _proc_stats(operator.proc.pid)
-    # Delete while the operator runs: it removes its finalizer from each InferenceService.
-    local.kubectl(kubeconfig, "delete", "namespace", NAMESPACE, "--wait=true", timeout=900)
-    operator.stop()
-
     latencies = [seen[n] - sent[n] for n in seen]
     print(f"InferenceServices created: {count} at {rate:g}/s (took {created - started:.1f} s)")
     print(f"observed by the operator:  {len(seen)}/{count}")
@@ -135,13 +208,21 @@ def run(count: int, rate: float, timeout: float) -> None:
             f"p50 {statistics.median(latencies):.2f} s, p99 {_pct(latencies, 0.99):.2f} s, "
             f"max {max(latencies):.2f} s (status polled every 0.25 s)"
         )
+    print(f"operator RSS:              {rss0:.0f} MiB before, {peak_rss:.0f} MiB peak, {rss2:.0f} MiB after")
     print(
-        f"operator RSS:              {rss0:.0f} MiB before, {peak_rss:.0f} MiB peak, {rss2:.0f} MiB after"
+        f"operator CPU:              {cpu1 - cpu0:.1f} s creating, "
+        f"{cpu_settled - cpu1:.1f} s in the 30 s after"
     )
+    per_minute = (cpu2 - cpu_settled) * 60 / idle
     print(
-        f"operator CPU:              {cpu1 - cpu0:.1f} s creating, {cpu2 - cpu1:.1f} s in the 30 s after"
+        f"operator CPU idle:         {per_minute:.2f} CPU-s per idle minute "
+        f"({per_minute / 60 * 100:.2f} % of a core; measured over {idle:.0f} s)"
     )
     print(f"operator log:              {operator.log}")
+    # Delete while the operator runs: it removes its finalizer from each InferenceService.
+    local.kubectl(kubeconfig, "delete", "namespace", NAMESPACE, "--wait=true", timeout=900)
+    operator.stop()
+    _remove_unrelated(kube)
 
 
 def main() -> None:
@@ -149,8 +230,10 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200, help="InferenceServices to create (default 200)")
     parser.add_argument("--rate", type=float, default=20, help="creates per second (default 20)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for all (default 600)")
+    parser.add_argument("--unrelated", type=int, default=5000, help="unrelated pods first (default 5000)")
+    parser.add_argument("--idle", type=float, default=60, help="seconds of the idle measurement (default 60)")
     args = parser.parse_args()
-    run(args.count, args.rate, args.timeout)
+    run(args.count, args.rate, args.timeout, args.unrelated, args.idle)
 
 
 if __name__ == "__main__":

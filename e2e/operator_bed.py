@@ -77,13 +77,15 @@ class Setup:
         self.operator = self.start_operator(log_name, *args)
         return self.operator
 
-    def start_operator(self, log_name: str, *args: str) -> OperatorProcess:
+    def start_operator(self, log_name: str, *args: str, kubeconfig: Path | None = None) -> OperatorProcess:
+        """An operator process; `kubeconfig` (default: its ServiceAccount's) e.g. through a proxy."""
         env = {
             "KINFER_PROMETHEUS_URL": self.testbed.prometheus_url,
             "KINFER_AUTOSCALE_INTERVAL_SECONDS": "3",
             "KINFER_GATEWAY_NAMESPACE": GATEWAY_NAMESPACE,  # the test bed's Gateway (Traefik)
         }
-        return OperatorProcess(self.kubeconfig, self.logs / log_name, list(args), env=env).start()
+        config = kubeconfig or self.kubeconfig
+        return OperatorProcess(config, self.logs / log_name, list(args), env=env).start()
 
     def apply(self, namespace: str, doc: dict[str, Any]) -> str:
         self.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(doc))
@@ -111,6 +113,6 @@ def setup(testbed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
     model = make_model(MODELS / "mlp")
     bed = Setup(testbed, kubeconfig, model, None, logs)  # type: ignore[arg-type]
     # Priority 100: the standby started by the HA test has a lower one.
-    bed.operator = bed.start_operator("operator-a.log", "--priority", "100")
+    bed.operator = bed.start_operator("operator-a.log")
     yield bed
     bed.operator.stop()

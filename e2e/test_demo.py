@@ -39,6 +39,6 @@ def test_demo_walks_the_gpu_canary_example_through_its_steps(setup: Setup, wait_
                       "--timeout=10s")  # fmt: skip
     finally:
         down = demo(setup, "--down", timeout=300)
-        setup.operator = setup.start_operator("operator-after-demo.log", "--priority", "100")
+        setup.operator = setup.start_operator("operator-after-demo.log")
     assert down.returncode == 0, down.stdout + down.stderr
     assert not setup.get("", "namespace search"), "the demo's namespaces are gone after --down"

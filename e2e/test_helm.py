@@ -115,7 +115,7 @@ def release(setup: Setup) -> Iterator[None]:
         helm(setup, "uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--wait", check=False)
         install(kubeconfig)
         operator_kubeconfig(kubeconfig, setup.kubeconfig)  # a token of the new ServiceAccount
-        setup.operator = setup.start_operator("operator-after-helm.log", "--priority", "100")
+        setup.operator = setup.start_operator("operator-after-helm.log")
         setup.kubectl("delete", "namespace", HOME, "--wait=false", check=False)
 
 
@@ -138,9 +138,17 @@ def test_operator_pods_run_in_cluster_with_their_own_token(
         assert claims["kubernetes.io"]["pod"]["name"] == name, claims
         assert "prometheusUrl" in read_as_pod_sees_it(pid(pod), "/etc/kinfer/config.yaml")
         assert not Path(TOKEN).is_file()  # nothing of it on the host
-    # Both replicas talk to the API server with those tokens: each holds a peering entry.
-    peering = setup.get("", "clusterkopfpeering kinfer")
-    assert set(peering.get("status", {})) == {p["metadata"]["name"] for p in pods}, peering
+    # The replicas talk to the API server with those tokens: one of them holds the Lease.
+    names = {p["metadata"]["name"] for p in pods}
+    lease = wait_for(
+        lambda: (
+            (setup.get(OPERATOR_NAMESPACE, "lease kinfer").get("spec") or {}).get("holderIdentity") in names
+            and setup.get(OPERATOR_NAMESPACE, "lease kinfer")
+        ),
+        60,
+        describe=lambda: f"a pod of {names} holds lease/kinfer\n" + why(setup),
+    )
+    assert lease["spec"]["leaseDurationSeconds"] == 15, lease
 
 
 def test_the_installed_operator_serves_the_minimal_example(
@@ -167,7 +175,7 @@ def test_the_installed_operator_serves_the_minimal_example(
     [
         ("create", "deployments.apps", True),
         ("patch", "inferenceservices.kinfer.dev/status", True),
-        ("patch", "clusterkopfpeerings.kopf.dev", True),
+        ("update", "leases.coordination.k8s.io", False),  # only in the release's namespace
         ("get", "secrets", False),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io", False),
         ("delete", "namespaces", False),
@@ -212,7 +220,7 @@ def test_helm_uninstall_leaves_no_operator_objects(setup: Setup, release: None, 
         60,
         describe=lambda: "no namespaced objects of the release\n" + why(setup),
     )
-    cluster_wide = setup.get("", f"clusterroles,clusterrolebindings,clusterkopfpeerings -l {SELECTOR}")
+    cluster_wide = setup.get("", f"clusterroles,clusterrolebindings -l {SELECTOR}")
     assert cluster_wide.get("items") == [], cluster_wide
     assert setup.get("", "crd inferenceservices.kinfer.dev"), "the CRD stays, as Helm does with crds/"
     for p in pids:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from kinfer.manifests import SERVICE_ACCOUNT
-from kinfer_dev.local import OPERATOR_NAMESPACE
+from kinfer_dev.local import OPERATOR_NAMESPACE, OperatorProcess
 from operator_bed import ROOT, Setup, example, resource_versions
 
 pytestmark = pytest.mark.e2e
@@ -172,8 +172,10 @@ def test_restart_with_nothing_changed_writes_nothing(setup: Setup, namespace: st
     # Let status settle before the snapshot: the pass triggered by Ready itself, and the
     # autoscaler's MetricsAvailable, which turns True once Prometheus has scraped the new pod.
     wait_for(
-        lambda: setup.condition(namespace, isvc, "Progressing").get("status") == "False"
-        and setup.condition(namespace, isvc, "MetricsAvailable").get("status") == "True",
+        lambda: (
+            setup.condition(namespace, isvc, "Progressing").get("status") == "False"
+            and setup.condition(namespace, isvc, "MetricsAvailable").get("status") == "True"
+        ),
         60,
         describe="Progressing=False and MetricsAvailable=True",
     )
@@ -184,7 +186,7 @@ def test_restart_with_nothing_changed_writes_nothing(setup: Setup, namespace: st
         return resource_versions(objects)
 
     before = snapshot()
-    setup.restart_operator("operator-a2.log", "--priority", "100")
+    setup.restart_operator("operator-a2.log")
 
     def passes_done() -> bool:
         try:
@@ -202,30 +204,52 @@ def test_restart_with_nothing_changed_writes_nothing(setup: Setup, namespace: st
     assert snapshot() == before
 
 
+def _holder(setup: Setup) -> str:
+    lease = setup.get(OPERATOR_NAMESPACE, "lease kinfer")
+    return str((lease.get("spec") or {}).get("holderIdentity") or "")
+
+
+def _passes(operator: OperatorProcess) -> float:
+    """Reconcile passes this operator has run (any result), from its /metrics."""
+    lines = operator.metrics().splitlines()
+    return sum(float(x.split()[-1]) for x in lines if x.startswith("kinfer_operator_reconcile_total{"))
+
+
 def test_standby_takes_over_when_the_leader_is_killed(setup: Setup, namespace: str, wait_for: Any) -> None:
-    standby = setup.start_operator("operator-b.log", "--priority", "50")
-
-    def priorities() -> list[int]:
-        peering = json.loads(setup.kubectl("get", "clusterkopfpeering", "kinfer", "-o", "json").stdout)
-        return sorted(int(p["priority"]) for p in (peering.get("status") or {}).values() if p)
-
+    standby = setup.start_operator("operator-b.log", "--identity", "standby")
     try:
-        # Both replicas have announced themselves; the standby (50) waits behind the leader (100).
-        wait_for(lambda: priorities() == [50, 100], 60, describe=lambda: f"two peers: {priorities()}")
+        leader = wait_for(lambda: _holder(setup), 30, describe="a holder of lease/kinfer")
+        assert leader != "standby"
+        wait_for(lambda: standby.metrics(), 30, describe=lambda: "standby up\n" + standby.tail())
+        # While it waits the standby runs no pass (and no timer): one writer.
+        first = setup.apply(namespace, example("minimal", setup.model))
+        wait_for(lambda: setup.get(namespace, f"deployment/{first}"), 30, describe="leader's Deployment")
+        assert _passes(standby) == 0, standby.tail()
+
         setup.operator.stop(signal.SIGKILL)
         killed = time.monotonic()
-        isvc = setup.apply(namespace, example("minimal", setup.model))
+        doc = example("minimal", setup.model)
+        doc["metadata"]["name"] = "iris-after-failover"
+        second = setup.apply(namespace, doc)
         wait_for(
-            lambda: setup.get(namespace, f"deployment/{isvc}"),
+            lambda: setup.get(namespace, f"deployment/{second}"),
             30,
             describe=lambda: "standby created the Deployment\n" + standby.tail(),
             interval=0.5,
         )
-        assert time.monotonic() - killed < 30
+        took = time.monotonic() - killed
+        assert _holder(setup) == "standby"
+        # The Lease lasts 15 s after the last renewal the standby saw, then a pass.
+        assert took < 25, f"takeover took {took:.1f} s"
+        # The new leader caught up on the first one too: drift repaired.
+        setup.kubectl("delete", "-n", namespace, f"service/{first}")
+        wait_for(
+            lambda: setup.get(namespace, f"service/{first}"), 10, describe="service recreated by the standby"
+        )
     finally:
         standby.stop()
-        # Leave a leader for the tests that follow.
-        setup.operator = setup.start_operator("operator-a3.log", "--priority", "100")
+        # Leave a leader for the tests that follow (the standby gave the Lease up on SIGTERM).
+        setup.operator = setup.start_operator("operator-a3.log")
 
 
 @pytest.mark.parametrize(
@@ -275,8 +299,8 @@ def namespaced_operator_account(setup: Setup) -> Iterator[str]:
         ("delete", "services", "team-b", False),
         ("list", "inferenceservices.kinfer.dev", "team-b", False),
         ("get", "secrets", "team-a", False),
-        ("patch", "kopfpeerings.kopf.dev", "team-a", True),
-        ("patch", "clusterkopfpeerings.kopf.dev", "", False),
+        ("update", "leases.coordination.k8s.io", NAMESPACED_HOME, True),
+        ("update", "leases.coordination.k8s.io", "team-a", False),
     ],
 )
 def test_namespaced_operator_touches_only_its_namespaces(

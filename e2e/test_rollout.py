@@ -252,7 +252,7 @@ def test_rollout_resumes_at_its_step_after_the_operator_is_killed(
         setup.operator.stop(signal.SIGKILL)
         time.sleep(5)  # nothing may move while no operator runs
         assert _canary(setup, namespace, "ranker")["step"] == reached["step"]
-        setup.operator = setup.start_operator("operator-after-kill.log", "--priority", "100")
+        setup.operator = setup.start_operator("operator-after-kill.log")
         steps_seen: list[int] = []
 
         def finished() -> bool:

@@ -85,7 +85,7 @@ def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
 def up(state: Path, canary: bool, echo: Echo, timeout: float = 240, step_seconds: int = 30) -> bool:
     kubeconfig = _ensure_bed(state, echo)
     work = _dir(state)
-    echo("kinfer demo: installing the CRD, kopf peering and the operator's RBAC")
+    echo("kinfer demo: installing the CRD and the operator's RBAC")
     local.install(kubeconfig)
     current = bed.Bed(state)
     running = current.client(OPERATOR_CLIENT)

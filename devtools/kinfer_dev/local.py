@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from kinfer.api.crd import crd_yaml
-from kinfer.manifests import SERVICE_ACCOUNT, peering, peering_crds, rbac
+from kinfer.manifests import SERVICE_ACCOUNT, rbac
 from kinfer.render import to_yaml
 from kinfer_dev.testbed import install as testbed_install
 from kinfer_dev.testbed import versions
@@ -54,20 +54,19 @@ def kubectl(
 
 
 def install(kubeconfig: Path) -> None:
-    """CRDs, the peering object, the operator's namespace, ServiceAccount and RBAC."""
+    """The CRD, the operator's namespace, ServiceAccount and RBAC (its Lease's Role included)."""
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}}
-    manifests = crd_yaml() + to_yaml([*peering_crds(), namespace])
+    manifests = crd_yaml() + to_yaml([namespace])
     kubectl(kubeconfig, "apply", "--server-side", "-f", "-", input=manifests)
     kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/inferenceservices.kinfer.dev", "crd/clusterkopfpeerings.kopf.dev")  # fmt: skip
-    objects = [peering(), *rbac(OPERATOR_NAMESPACE)]
-    kubectl(kubeconfig, "apply", "--server-side", "-f", "-", input=to_yaml(objects))
+            "crd/inferenceservices.kinfer.dev")  # fmt: skip
+    kubectl(kubeconfig, "apply", "--server-side", "-f", "-", input=to_yaml(rbac(OPERATOR_NAMESPACE)))
 
 
 def uninstall(kubeconfig: Path) -> None:
-    """Remove what install() made besides the CRDs and the namespace (the peering object and
-    the operator's ServiceAccount and RBAC), e.g. to install the Helm chart in its place."""
-    objects = [peering(), *rbac(OPERATOR_NAMESPACE)]
+    """Remove what install() made besides the CRDs and the namespace (the operator's
+    ServiceAccount and RBAC), e.g. to install the Helm chart in its place."""
+    objects = rbac(OPERATOR_NAMESPACE)
     kubectl(kubeconfig, "delete", "--ignore-not-found", "--wait", "-f", "-", input=to_yaml(objects))
 
 

@@ -7,10 +7,14 @@ DynamicClient so one code path serves every kind render() produces.
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
+import json
 import logging
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import kubernetes
@@ -35,6 +39,8 @@ OWNED_KINDS: tuple[tuple[str, str], ...] = (
 )
 
 DISCOVERY_TTL_SECONDS = 60.0
+# On every applied object: a digest of what kinfer rendered for it (see up_to_date).
+DIGEST_ANNOTATION = "kinfer.dev/applied-digest"
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +67,74 @@ def load_client_config() -> kubernetes.client.ApiClient:
     return kubernetes.client.ApiClient()
 
 
+def send(
+    client: kubernetes.client.ApiClient,
+    method: str,
+    path: str,
+    query: list[tuple[str, str]] | None = None,
+    body: dict[str, Any] | None = None,
+    timeout: float = 60.0,
+) -> Any:
+    """One API request with plain JSON in and out, for what the typed models get wrong or make
+    slow (watch streams, Lease MicroTimes). Returns the urllib3 response unread (a watch streams
+    it; `json.loads(response.data)` otherwise); raises ApiException on a non-2xx answer."""
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    method, url, headers, data, post = client.param_serialize(
+        method,
+        path,
+        query_params=query or [],
+        header_params=headers,
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    response = client.call_api(method, url, headers, data, post, _request_timeout=timeout)
+    if not 200 <= response.status <= 299:
+        raise kubernetes.client.ApiException(http_resp=response.response)
+    return response.response
+
+
 def key(obj: dict[str, Any]) -> tuple[str, str]:
     return obj["kind"], obj["metadata"]["name"]
+
+
+def stamped(obj: dict[str, Any]) -> dict[str, Any]:
+    """The rendered object with the digest of its own content as an annotation."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    out = copy.deepcopy(obj)
+    annotations = out["metadata"].setdefault("annotations", {})
+    annotations[DIGEST_ANNOTATION] = hashlib.sha256(text.encode()).hexdigest()[:20]
+    return out
+
+
+def up_to_date(want: dict[str, Any], have: dict[str, Any] | None) -> bool:
+    """Whether applying `want` (stamped) could change nothing kinfer manages in `have`.
+
+    Two checks: the digest on the live object is the one rendered now (so a field kinfer stopped
+    rendering is removed by a new apply), and every rendered field has its rendered value in the
+    live object (so drift — an edited label, a scaled Deployment — is put back). Fields the API
+    server defaults, or other managers own, are extra and do not matter."""
+    if have is None:
+        return False
+    digest = want["metadata"]["annotations"][DIGEST_ANNOTATION]
+    if (have["metadata"].get("annotations") or {}).get(DIGEST_ANNOTATION) != digest:
+        return False
+    return contains(have, want)
+
+
+def contains(have: Any, want: Any) -> bool:
+    """`want` is a sub-document of `have`: maps by key, lists element by element. An empty value
+    rendered matches one the API server leaves out."""
+    if isinstance(want, dict):
+        if not isinstance(have, dict):
+            return not want and have is None
+        return all(contains(have[k], v) if k in have else v in ({}, [], None) for k, v in want.items())
+    if isinstance(want, list):
+        if not isinstance(have, list):
+            return not want and have is None
+        return len(have) == len(want) and all(contains(h, w) for h, w in zip(have, want, strict=True))
+    return bool(have == want)
 
 
 class ClusterAPI(Protocol):
@@ -75,13 +147,16 @@ class ClusterAPI(Protocol):
     def delete(self, obj: dict[str, Any]) -> None: ...
     def deployments(self, namespace: str, name: str) -> list[dict[str, Any]]: ...
     def pods(self, namespace: str, name: str) -> list[dict[str, Any]]: ...
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
+    def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> None: ...
 
 
 class Cluster:
     """The API calls the reconciler makes, and nothing else."""
 
     def __init__(self, client: kubernetes.client.ApiClient) -> None:
+        self.client = client
         self.dyn = DynamicClient(client)  # type: ignore[no-untyped-call]
         # kind -> (served?, when checked): a CRD installed later is noticed within a minute.
         self._served: dict[str, tuple[bool, float]] = {}
@@ -118,6 +193,16 @@ class Cluster:
         except NotFoundError:
             return None
         return dict(obj.to_dict())
+
+    def isvc_keys(self, namespaces: list[str]) -> list[tuple[str, str]]:
+        """(namespace, name) of every InferenceService in these namespaces (empty: all)."""
+        resource = self._resource(api.API_VERSION, api.KIND)
+        found: list[tuple[str, str]] = []
+        targets: list[str | None] = [*namespaces] or [None]
+        for namespace in targets:
+            for item in resource.get(namespace=namespace).items:
+                found.append((item.metadata.namespace, item.metadata.name))
+        return found
 
     def owned(self, namespace: str, name: str) -> dict[tuple[str, str], dict[str, Any]]:
         """Objects labelled as this InferenceService's, by (kind, name)."""
@@ -181,9 +266,47 @@ class Cluster:
         routes = self._labelled("gateway.networking.k8s.io/v1", "HTTPRoute", namespace, name)
         return next((r for r in routes if r["metadata"]["name"] == name), None)
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def post_event(self, isvc: dict[str, Any], type: str, reason: str, message: str) -> None:
+        """A core/v1 Event about an InferenceService, for threads outside kopf's handlers (kopf
+        posts only from the handlers' own context). Best effort: a failure is logged."""
+        meta = isvc["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            send(self.client, "POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=body, timeout=10)
+        except Exception as exc:
+            log.warning("event %s on %s/%s not posted: %s", reason, meta["namespace"], meta["name"], exc)
+
+    def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> None:
+        """Merge-patch status. With resource_version the write is refused (409 Conflict) when the
+        object changed since it was read, so a status computed from a stale read (conditions
+        another writer added since) never overwrites the newer one; the pass is then retried."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         self._resource(api.API_VERSION, api.KIND).status.patch(
-            body={"status": status},
+            body=body,
             name=name,
             namespace=namespace,
             content_type="application/merge-patch+json",

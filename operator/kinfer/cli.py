@@ -150,23 +150,17 @@ def render(stream: TextIO, config_path: str | None, gateway_api: bool | None) ->
 )
 @click.option(
     "--only",
-    type=click.Choice(["all", "rbac", "peering"]),
+    type=click.Choice(["all", "rbac"]),
     default="all",
     show_default=True,
-    help="Which manifests to print.",
+    help="Which manifests to print (today both print the RBAC).",
 )
 def manifests(namespace: str, watch: tuple[str, ...], name: str, only: str) -> None:
-    """Print install manifests besides the CRD: kopf peering CRDs and the peering object (leader
-    election between replicas), and the operator's least-privilege RBAC."""
+    """Print install manifests besides the CRD: the operator's ServiceAccount and least-privilege
+    RBAC, including the Role on its leader-election Lease (coordination.k8s.io) in --namespace."""
     from kinfer import manifests as m
 
-    objects: list[dict[str, Any]] = []
-    if only in ("all", "peering"):
-        objects += m.peering_crds()
-        objects += [m.peering(namespace=w) for w in watch] if watch else [m.peering()]
-    if only in ("all", "rbac"):
-        objects += m.rbac(namespace, list(watch), name)
-    click.echo(to_yaml(objects), nl=False)
+    click.echo(to_yaml(m.rbac(namespace, list(watch), name)), nl=False)
 
 
 @main.command()
@@ -205,22 +199,25 @@ def manifests(namespace: str, watch: tuple[str, ...], name: str, only: str) -> N
     help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz.",
 )
 @click.option(
-    "--peering",
-    "peering_name",
+    "--lease-name",
     default="kinfer",
     show_default=True,
-    help="Peering object shared by replicas: one is active, the others wait.",
+    help="coordination.k8s.io Lease the replicas elect a leader on: the holder works, the others wait.",
 )
 @click.option(
-    "--priority",
-    type=int,
+    "--lease-namespace",
     default=None,
-    help="Peering priority; the highest live one is active. Default: random, so two replicas never tie.",
+    help="Namespace of the Lease. Default: the operator's own (its ServiceAccount's), else kinfer-system.",
+)
+@click.option(
+    "--identity",
+    default=None,
+    help="This replica's name in the Lease. Default: the host name and a random suffix.",
 )
 @click.option(
     "--standalone",
     is_flag=True,
-    help="Run without peering (a single replica, or local development).",
+    help="Run without leader election (a single replica, or local development).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def operator(
@@ -229,17 +226,19 @@ def operator(
     metrics_port: int,
     metrics_address: str,
     liveness: str | None,
-    peering_name: str,
-    priority: int | None,
+    lease_name: str,
+    lease_namespace: str | None,
+    identity: str | None,
     standalone: bool,
     verbose: bool,
 ) -> None:
     """Run the kinfer operator (kopf) against the cluster in KUBECONFIG or in-cluster config."""
     import logging
     import os
-    import secrets
 
     import kopf
+
+    from kinfer.leader import default_namespace
 
     config = load_config(config_path)  # fail now, with the file named, rather than inside kopf
     # kopf registers timers when handlers is imported, before startup() reads the config.
@@ -249,6 +248,9 @@ def operator(
     handlers.CONFIG_PATH = config_path
     handlers.METRICS_PORT = metrics_port
     handlers.METRICS_ADDRESS = metrics_address
+    handlers.NAMESPACES = list(namespaces)
+    handlers.LEASE = None if standalone else (lease_namespace or default_namespace(), lease_name)
+    handlers.IDENTITY = identity or ""
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     if not verbose:
@@ -257,9 +259,7 @@ def operator(
     kopf.run(
         clusterwide=not namespaces,
         namespaces=list(namespaces),
-        standalone=standalone,
-        peering_name=None if standalone else peering_name,
-        priority=priority if priority is not None else secrets.randbelow(1_000_000) + 1,
+        standalone=True,  # kopf's peering is not used: the Lease elects the leader
         liveness_endpoint=liveness,
     )
 

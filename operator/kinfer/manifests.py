@@ -1,4 +1,4 @@
-"""Install manifests besides the CRD: kopf's peering CRDs and the operator's least-privilege RBAC.
+"""Install manifests besides the CRD: the operator's least-privilege RBAC, leader election included.
 
 Generated, like the CRD, so that `config/` and the Helm chart can be checked against one source.
 """
@@ -60,15 +60,11 @@ OWNED_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
 ]
-NAMESPACED_PEERING_RULE = {
-    "apiGroups": ["kopf.dev"],
-    "resources": ["kopfpeerings"],
-    "verbs": ["get", "list", "watch", "patch"],
-}
-CLUSTER_PEERING_RULE = {
-    "apiGroups": ["kopf.dev"],
-    "resources": ["clusterkopfpeerings"],
-    "verbs": ["get", "list", "watch", "patch"],
+# Leader election: the replicas' Lease, in the operator's own namespace (a Role there).
+LEASE_RULE = {
+    "apiGroups": ["coordination.k8s.io"],
+    "resources": ["leases"],
+    "verbs": ["get", "create", "update"],
 }
 # kopf lists namespaces when it watches named ones (-n), so that it can follow them.
 NAMESPACE_READ_RULE = {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}
@@ -80,71 +76,14 @@ CRD_READ_RULE = {
 }
 
 
-PEERING_DESCRIPTION = (
-    "Which kopf operator replicas are alive; the one with the highest priority is active "
-    "(kinfer's leader election)."
-)
-
-
-def _peering_crd(kind: str, plural: str, scope: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{plural}.kopf.dev",
-            "labels": {"app.kubernetes.io/part-of": "kinfer"},
-        },
-        "spec": {
-            "group": "kopf.dev",
-            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
-            "scope": scope,
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": PEERING_DESCRIPTION,
-                            "properties": {
-                                "status": {
-                                    "type": "object",
-                                    "x-kubernetes-preserve-unknown-fields": True,
-                                }
-                            },
-                            "x-kubernetes-preserve-unknown-fields": True,
-                        }
-                    },
-                }
-            ],
-        },
-    }
-
-
-def peering_crds() -> list[dict[str, Any]]:
-    return [
-        _peering_crd("ClusterKopfPeering", "clusterkopfpeerings", "Cluster"),
-        _peering_crd("KopfPeering", "kopfpeerings", "Namespaced"),
-    ]
-
-
-def peering(name: str = "kinfer", namespace: str | None = None) -> dict[str, Any]:
-    """The peering object replicas meet on: cluster-wide, or one per watched namespace."""
-    kind = "KopfPeering" if namespace else "ClusterKopfPeering"
-    meta: dict[str, Any] = {"name": name, "labels": {"app.kubernetes.io/part-of": "kinfer"}}
-    if namespace:
-        meta["namespace"] = namespace
-    return {"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": meta}
-
-
 def rbac(
     namespace: str, watch_namespaces: list[str] | None = None, name: str = SERVICE_ACCOUNT
 ) -> list[dict[str, Any]]:
     """ServiceAccount and roles for the operator running in `namespace`.
 
     Without watch_namespaces: one ClusterRole for all namespaces. With them: a Role and
-    RoleBinding in each watched namespace, and only CRD reads cluster-wide.
+    RoleBinding in each watched namespace, and only CRD reads cluster-wide. Either way a Role on
+    Leases in `namespace`, where the replicas elect their leader.
     """
     sa = {
         "apiVersion": "v1",
@@ -155,7 +94,7 @@ def rbac(
     out: list[dict[str, Any]] = [sa]
     cluster_rules = [CRD_READ_RULE, NAMESPACE_READ_RULE]
     if not watch_namespaces:
-        cluster_rules = [*OWNED_RULES, CLUSTER_PEERING_RULE, CRD_READ_RULE, NAMESPACE_READ_RULE]
+        cluster_rules = [*OWNED_RULES, CRD_READ_RULE, NAMESPACE_READ_RULE]
     out += [
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -175,6 +114,22 @@ def rbac(
             "subjects": subject,
         },
     ]
+    election = f"{name}-leader-election"
+    out += [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": election, "namespace": namespace, "labels": OPERATOR_LABELS},
+            "rules": [LEASE_RULE],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": election, "namespace": namespace, "labels": OPERATOR_LABELS},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": election},
+            "subjects": subject,
+        },
+    ]
     for watched in watch_namespaces or []:
         out += [
             {
@@ -185,7 +140,7 @@ def rbac(
                     "namespace": watched,
                     "labels": OPERATOR_LABELS,
                 },
-                "rules": [*OWNED_RULES, NAMESPACED_PEERING_RULE],
+                "rules": OWNED_RULES,
             },
             {
                 "apiVersion": "rbac.authorization.k8s.io/v1",

@@ -13,7 +13,7 @@ from typing import Any
 from kinfer import status as status_mod
 from kinfer.api.v1alpha1 import CanaryStatus, validate_spec
 from kinfer.api.validation import problems
-from kinfer.apply import Applied, ClusterAPI, NamespaceTerminating, key
+from kinfer.apply import Applied, ClusterAPI, NamespaceTerminating, key, stamped, up_to_date
 from kinfer.autoscaling import coldstart
 from kinfer.render import render
 from kinfer.render.render import HTTP_PORT
@@ -71,9 +71,14 @@ def reconcile(
         config = config.model_copy(update={"gateway_api": served})
     desired = render(isvc, config)  # problems() passed: the spec parses
     existing = cluster.owned(namespace, name)
-    for obj in desired:
+    for rendered in desired:
+        obj = stamped(rendered)
+        before = existing.get(key(obj))
+        if up_to_date(obj, before):  # nothing to write: no API call at all
+            outcome.applied.append(Applied(obj["kind"], obj["metadata"]["name"], "unchanged"))
+            continue
         try:
-            result = cluster.apply(obj, existing.get(key(obj)))
+            result = cluster.apply(obj, before)
         except NamespaceTerminating:
             outcome.result = "gone"  # the namespace (and this InferenceService) is going away
             return outcome
@@ -94,8 +99,12 @@ def reconcile(
             outcome.deleted.append(obj_key)
             outcome.events.append(("Normal", "Deleted", f"{obj_key[0]} {obj_key[1]} no longer needed"))
 
-    # Fresh, after the applies: the Deployments' status is what the conditions are made of.
-    deployments = cluster.deployments(namespace, name)
+    # The Deployments' status is what the conditions are made of: read again after a write,
+    # else the list the pass began with is current.
+    if any(a.action != "unchanged" for a in outcome.applied) or outcome.deleted:
+        deployments = cluster.deployments(namespace, name)
+    else:
+        deployments = [obj for (kind, _), obj in existing.items() if kind == "Deployment"]
     pods = cluster.pods(namespace, name)
     replicas = sum(status_mod.spec_replicas(d) for d in deployments)
     spec = validate_spec(isvc["spec"])
@@ -151,5 +160,14 @@ def _finish(
     outcome.status = new_status
     if any(previous.get(k) != v for k, v in new_status.items()):
         meta = isvc["metadata"]
-        cluster.patch_status(meta["namespace"], meta["name"], new_status)
+        cluster.patch_status(meta["namespace"], meta["name"], new_status, meta.get("resourceVersion"))
         outcome.status_changed = True
+
+
+def failure_status(isvc: dict[str, Any], message: str, now: datetime) -> dict[str, Any]:
+    """The status patch for passes that keep failing: Degraded=True, reason ReconcileFailed.
+    Other conditions stay; the next pass that succeeds writes Degraded from what it observes."""
+    previous: dict[str, Any] = isvc.get("status") or {}
+    generation = int(isvc["metadata"].get("generation") or 0)
+    cond = status_mod.Condition("Degraded", "True", "ReconcileFailed", message)
+    return {"conditions": status_mod.merge(previous.get("conditions") or [], [cond], generation, now)}

@@ -12,15 +12,21 @@ from typing import Any
 from kinfer.apply import Applied
 
 
+class Conflict(Exception):
+    """409: the object changed since it was read (as the API server answers)."""
+
+
 class FakeCluster:
     def __init__(self, isvc: dict[str, Any]) -> None:
         self.isvc = copy.deepcopy(isvc)
         self.isvc["metadata"].setdefault("uid", "uid-1")
         self.isvc["metadata"].setdefault("generation", 1)
         self.isvc["metadata"].setdefault("namespace", "default")
+        self.isvc["metadata"].setdefault("resourceVersion", "1")
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.pod_list: list[dict[str, Any]] = []
         self.writes: list[str] = []
+        self.apply_calls = 0  # every apply sent, whether or not it changed the object
         self.served: set[str] = set()  # CRD-defined kinds the fake cluster serves
         self._version = 0
 
@@ -38,6 +44,7 @@ class FakeCluster:
         return copy.deepcopy(self.objects)
 
     def apply(self, obj: dict[str, Any], before: dict[str, Any] | None) -> Applied:
+        self.apply_calls += 1
         key = (obj["kind"], obj["metadata"]["name"])
         current = self.objects.get(key)
         stripped = (
@@ -68,7 +75,15 @@ class FakeCluster:
     def pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
         return copy.deepcopy(self.pod_list)
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> None:
+        meta = self.isvc["metadata"]
+        if resource_version is not None and resource_version != meta["resourceVersion"]:
+            raise Conflict(
+                f"status of {name}: resourceVersion {resource_version} is not {meta['resourceVersion']}"
+            )
+        meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
         self.isvc["status"] = {**(self.isvc.get("status") or {}), **copy.deepcopy(status)}
         self.writes.append("status")
 

@@ -20,7 +20,6 @@ import pytest
 import yaml
 
 from kinfer import manifests
-from kinfer.render import to_yaml
 from kinfer.settings import OperatorConfig
 from kinfer_dev.testbed.install import paths
 
@@ -99,14 +98,23 @@ def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> di
     return found[0]
 
 
+LEADER_ELECTION = "kinfer-operator-leader-election"
+
+
 def generated(kind: str, watch: list[str] | None = None) -> list[dict[str, Any]]:
-    return [o for o in manifests.rbac(NAMESPACE, watch) if o["kind"] == kind]
+    """The generator's objects of a kind, besides the leader-election Role and RoleBinding."""
+    objects = manifests.rbac(NAMESPACE, watch)
+    return [o for o in objects if o["kind"] == kind and o["metadata"]["name"] != LEADER_ELECTION]
+
+
+def watched(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind and o["metadata"]["name"] != LEADER_ELECTION]
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "watch-namespaces": {"watchNamespaces": ["team-a", "team-b"]},
-    "standalone": {"replicas": 1, "peering": {"enabled": False, "name": "kinfer"}},
+    "standalone": {"replicas": 1, "leaderElection": {"enabled": False, "leaseName": "kinfer"}},
     "everything-on": {
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
         "image": {"digest": "sha256:" + "a" * 64},
@@ -132,14 +140,6 @@ def test_chart_crd_is_the_generated_one_byte_for_byte() -> None:
         "charts/kinfer/crds/ differs from crds/: cp crds/kinfer.dev_inferenceservices.yaml "
         "charts/kinfer/crds/"
     )
-
-
-def test_chart_peering_crds_are_the_generated_ones() -> None:
-    chart = (CHART / "crds" / "kopf.dev_peerings.yaml").read_text()
-    assert chart == to_yaml(manifests.peering_crds())
-    config = yaml.safe_load_all((ROOT / "config" / "peering" / "peering.yaml").read_text())
-    crds = [d for d in config if d and d["kind"] == "CustomResourceDefinition"]
-    assert [d for d in yaml.safe_load_all(chart) if d] == crds
 
 
 def test_chart_app_version_is_the_package_version() -> None:
@@ -191,7 +191,8 @@ def test_defaults_render_the_expected_objects() -> None:
             ("ServiceAccount", "kinfer-operator"),
             ("ClusterRole", "kinfer-operator"),
             ("ClusterRoleBinding", "kinfer-operator"),
-            ("ClusterKopfPeering", "kinfer"),
+            ("Role", LEADER_ELECTION),
+            ("RoleBinding", LEADER_ELECTION),
             ("ConfigMap", "kinfer-operator"),
             ("ConfigMap", "kinfer-operator-dashboard"),
             ("Deployment", "kinfer-operator"),
@@ -200,7 +201,7 @@ def test_defaults_render_the_expected_objects() -> None:
         ]
     )
     for obj in render():
-        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"):
+        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
             assert obj["metadata"]["namespace"] == NAMESPACE, obj["kind"]
 
 
@@ -223,12 +224,12 @@ def test_cluster_role_rules_are_the_generators() -> None:
 def test_watch_namespaces_switch_to_roles_and_leave_no_cluster_wide_writes() -> None:
     watch = ["team-a", "team-b"]
     objects = render({"watchNamespaces": watch})
-    roles = [o for o in objects if o["kind"] == "Role"]
+    roles = watched(objects, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == watch
     want_roles = generated("Role", watch)
     for role in roles:
         assert role["rules"] == want_roles[0]["rules"]
-    bindings = [o for o in objects if o["kind"] == "RoleBinding"]
+    bindings = watched(objects, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == watch
     for binding in bindings:
         assert binding["subjects"] == generated("RoleBinding", watch)[0]["subjects"]
@@ -237,10 +238,6 @@ def test_watch_namespaces_switch_to_roles_and_leave_no_cluster_wide_writes() -> 
     assert cluster_role["rules"] == [manifests.CRD_READ_RULE, manifests.NAMESPACE_READ_RULE]
     for rule in cluster_role["rules"]:
         assert not WRITE_VERBS & set(rule["verbs"])
-    peerings = [o for o in objects if o["apiVersion"] == "kopf.dev/v1"]
-    assert sorted((p["kind"], p["metadata"]["namespace"]) for p in peerings) == [
-        ("KopfPeering", ns) for ns in watch
-    ]
     args = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert [a for a in args if a.startswith("--namespace=")] == [f"--namespace={n}" for n in watch]
 
@@ -273,7 +270,24 @@ def test_operator_runs_with_the_restricted_security_context() -> None:
     assert "emptyDir" in volumes[mounts["/tmp"]]
 
 
-def test_operator_has_peering_probes_metrics_and_its_config() -> None:
+def test_the_chart_lease_role_is_the_generators() -> None:
+    objects = render()
+    role = one(objects, "Role", LEADER_ELECTION)
+    (want,) = [
+        o
+        for o in manifests.rbac(NAMESPACE)
+        if o["metadata"]["name"] == LEADER_ELECTION and o["kind"] == "Role"
+    ]
+    assert role["rules"] == want["rules"] == [manifests.LEASE_RULE]
+    assert role["metadata"]["namespace"] == NAMESPACE
+    binding = one(objects, "RoleBinding", LEADER_ELECTION)
+    assert binding["roleRef"]["name"] == LEADER_ELECTION
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "kinfer-operator", "namespace": NAMESPACE}
+    ]
+
+
+def test_operator_has_leader_election_probes_metrics_and_its_config() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     deployment = one(render(), "Deployment")
     assert deployment["spec"]["replicas"] == 2
@@ -281,10 +295,12 @@ def test_operator_has_peering_probes_metrics_and_its_config() -> None:
     args = container["args"]
     assert container["command"] == ["kinfer"]  # the Dockerfile's ENTRYPOINT
     assert args[0] == "operator"
-    assert "--peering=kinfer" in args and "--standalone" not in args
+    assert "--lease-name=kinfer" in args and "--standalone" not in args
+    assert f"--lease-namespace={NAMESPACE}" in args
     assert "--metrics-address=0.0.0.0" in args
-    # kopf names the peer by POD_ID: the peering object shows which pod is active.
-    (pod_id,) = [e for e in container["env"] if e["name"] == "POD_ID"]
+    # The Lease's holder is the pod's name: it shows which pod is active.
+    assert "--identity=$(POD_NAME)" in args
+    (pod_id,) = [e for e in container["env"] if e["name"] == "POD_NAME"]
     assert pod_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     liveness = next(a for a in args if a.startswith("--liveness="))
     port = values["livenessPort"]
@@ -318,12 +334,11 @@ def test_a_config_change_rolls_the_operator() -> None:
     assert checksum({}) != checksum({"config": {"gatewayApi": True}})
 
 
-def test_without_peering_one_standalone_replica() -> None:
+def test_without_leader_election_one_standalone_replica() -> None:
     objects = render(VARIANTS["standalone"])
     assert one(objects, "Deployment")["spec"]["replicas"] == 1
     args = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--standalone" in args and not any(a.startswith("--peering") for a in args)
-    assert not [o for o in objects if o["apiVersion"] == "kopf.dev/v1"]
+    assert "--standalone" in args and not any(a.startswith("--lease") for a in args)
     assert not [o for o in objects if o["kind"] == "PodDisruptionBudget"]
 
 
@@ -399,7 +414,7 @@ def test_helm_lint_refuses_invalid_values_too() -> None:
         assert field in run.stdout + run.stderr
 
 
-def test_more_than_one_replica_without_peering_is_refused() -> None:
-    run = template_run({"replicas": 2, "peering": {"enabled": False, "name": "kinfer"}})
+def test_more_than_one_replica_without_leader_election_is_refused() -> None:
+    run = template_run({"replicas": 2, "leaderElection": {"enabled": False, "leaseName": "kinfer"}})
     assert run.returncode != 0
-    assert "replicas: 2 needs peering.enabled: true" in run.stderr
+    assert "replicas: 2 needs leaderElection.enabled: true" in run.stderr

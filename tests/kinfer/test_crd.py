@@ -28,9 +28,7 @@ def _walk(node: dict[str, Any], path: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def test_committed_crd_matches_the_models() -> None:
-    assert COMMITTED.read_text() == crd_yaml(), (
-        "run: kinfer crd > crds/kinfer.dev_inferenceservices.yaml"
-    )
+    assert COMMITTED.read_text() == crd_yaml(), "run: kinfer crd > crds/kinfer.dev_inferenceservices.yaml"
 
 
 def test_crd_validates_against_the_kubernetes_schema() -> None:

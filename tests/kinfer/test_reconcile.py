@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime, timedelta
 
-from kinfer.reconcile import reconcile
+import pytest
+
+from kinfer.apply import contains
+from kinfer.reconcile import failure_status, reconcile
 from kinfer.settings import OperatorConfig
 
 from .conftest import ROOT, load
-from .fakes import FakeCluster
+from .fakes import Conflict, FakeCluster
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 CONFIG = OperatorConfig()
@@ -26,8 +30,10 @@ def test_first_pass_creates_everything_and_second_writes_nothing() -> None:
     for obj in cluster.objects.values():
         assert obj["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     cluster.writes.clear()
+    sent = cluster.apply_calls
     second = reconcile(cluster, CONFIG, "default", "iris", T0 + timedelta(seconds=5))
     assert cluster.writes == []
+    assert cluster.apply_calls == sent  # up to date: not even a no-op apply is sent
     assert {a.action for a in second.applied} == {"unchanged"}
     assert second.events == []
 
@@ -130,3 +136,47 @@ def test_httproute_follows_whether_the_cluster_serves_gateway_api() -> None:
     forced_off = CONFIG.model_copy(update={"gateway_api": False})
     outcome = reconcile(cluster, forced_off, "search", "ranker", T0)
     assert {("HTTPRoute", "ranker"), ("GRPCRoute", "ranker")} <= set(outcome.deleted)
+
+
+def test_an_object_kinfer_no_longer_renders_a_field_of_is_applied_again() -> None:
+    cluster = FakeCluster(load(ROOT / "examples" / "minimal.yaml"))
+    reconcile(cluster, CONFIG, "default", "iris", T0)
+    # The live object has every field rendered now, plus one an older kinfer rendered: the
+    # digest differs, so the apply is sent (and server-side apply removes the field).
+    service = cluster.objects[("Service", "iris")]
+    service["metadata"]["labels"]["kinfer.dev/old"] = "x"
+    service["metadata"]["annotations"]["kinfer.dev/applied-digest"] = "older"
+    outcome = reconcile(cluster, CONFIG, "default", "iris", T0)
+    assert ("Service", "updated") in {(a.kind, a.action) for a in outcome.applied}
+
+
+def test_status_is_written_against_the_version_read() -> None:
+    cluster = FakeCluster(load(ROOT / "examples" / "minimal.yaml"))
+    stale = cluster.get_isvc("default", "iris")
+    reconcile(cluster, CONFIG, "default", "iris", T0)  # another write moves the version
+    cluster.get_isvc = lambda namespace, name: copy.deepcopy(stale)  # type: ignore[method-assign]
+    cluster.objects[("Deployment", "iris")]["status"] = {"replicas": 1, "readyReplicas": 1}
+    with pytest.raises(Conflict):
+        reconcile(cluster, CONFIG, "default", "iris", T0 + timedelta(seconds=1))
+
+
+def test_a_pass_that_keeps_failing_is_degraded_reconcile_failed_and_other_conditions_stay() -> None:
+    cluster = FakeCluster(load(ROOT / "examples" / "minimal.yaml"))
+    reconcile(cluster, CONFIG, "default", "iris", T0)
+    cluster.isvc["status"]["conditions"].append({"type": "ScalingActive", "status": "True", "reason": "X"})
+    patch = failure_status(cluster.isvc, "3 passes failed: 500", T0)
+    by_type = {c["type"]: c for c in patch["conditions"]}
+    assert (by_type["Degraded"]["status"], by_type["Degraded"]["reason"]) == ("True", "ReconcileFailed")
+    assert by_type["ScalingActive"]["reason"] == "X"
+    assert by_type["Ready"] == next(c for c in cluster.isvc["status"]["conditions"] if c["type"] == "Ready")
+
+
+def test_contains_ignores_server_defaults_but_not_changed_or_missing_values() -> None:
+    want = {"spec": {"ports": [{"port": 8080}], "selector": {"a": "b"}, "nodeSelector": {}}}
+    defaulted = {
+        "spec": {"ports": [{"port": 8080, "protocol": "TCP"}], "selector": {"a": "b"}, "type": "ClusterIP"}
+    }
+    assert contains(defaulted, want)  # extra fields, and an empty map the server leaves out
+    assert not contains({"spec": {"ports": [{"port": 8081}], "selector": {"a": "b"}}}, want)
+    assert not contains({"spec": {"ports": [{"port": 8080}, {"port": 9090}], "selector": {"a": "b"}}}, want)
+    assert not contains({"spec": {"ports": [{"port": 8080}]}}, want)  # the selector is gone

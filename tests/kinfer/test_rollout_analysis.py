@@ -107,8 +107,7 @@ def test_prometheus_unavailable_is_inconclusive_never_failed() -> None:
             GOOD,
             "failed",
             ERROR_RATE,
-            "error rate 12.00% > 0.50%; canary p95 100 ms (stable 120 ms), errors 12.00% "
-            "(stable 0.10%)",
+            "error rate 12.00% > 0.50%; canary p95 100 ms (stable 120 ms), errors 12.00% (stable 0.10%)",
             id="erroring-canary",
         ),
         pytest.param(
@@ -177,9 +176,7 @@ def test_prometheus_unavailable_is_inconclusive_never_failed() -> None:
         ),
     ],
 )
-def test_judge(
-    canary: TrackStats, stable: TrackStats, outcome: str, metric: str, words: str
-) -> None:
+def test_judge(canary: TrackStats, stable: TrackStats, outcome: str, metric: str, words: str) -> None:
     verdict = judge(SPEC, canary, stable)
     assert (verdict.outcome, verdict.failed_metric) == (outcome, metric)
     assert words in verdict.message

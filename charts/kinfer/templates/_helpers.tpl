@@ -90,7 +90,7 @@ patch), pruned (delete) and watched; pods only read; Secrets never.
 
 {{/* Refuse combinations the schema cannot express. */}}
 {{- define "kinfer.checks" -}}
-{{- if and (gt (int .Values.replicas) 1) (not .Values.peering.enabled) -}}
-{{- fail (printf "replicas: %d needs peering.enabled: true (without peering every replica would reconcile at once); set replicas: 1 or enable peering" (int .Values.replicas)) -}}
+{{- if and (gt (int .Values.replicas) 1) (not .Values.leaderElection.enabled) -}}
+{{- fail (printf "replicas: %d needs leaderElection.enabled: true (without it every replica would reconcile at once); set replicas: 1 or enable leader election" (int .Values.replicas)) -}}
 {{- end -}}
 {{- end -}}
