@@ -21,7 +21,7 @@ Key = tuple[str, str]  # (namespace, name)
 log = logging.getLogger(__name__)
 
 BASE_SECONDS = 0.5
-CAP_SECONDS = 30.0
+CAP_SECONDS = 5.0  # short: a transient error is repaired within seconds of its end
 
 
 def backoff(failures: int, draw: float, base: float = BASE_SECONDS, cap: float = CAP_SECONDS) -> float:

@@ -70,6 +70,21 @@ def test_idle_service_writes_nothing_after_the_first_tick() -> None:
     assert second.status_patch == {} and second.events == []
 
 
+def test_idle_service_does_not_save_its_state_every_minute() -> None:
+    isvc = _isvc()
+    state = initial_state(load_spec(isvc), isvc["status"])
+    first = tick(isvc, _window(T0, queue=0), state, T0)
+    _apply(isvc, first.status_patch)
+    at, state = T0, first.decision.next_state
+    for _ in range(3):  # well past SAVE_SECONDS, still no demand
+        at += timedelta(seconds=70)
+        quiet = tick(isvc, _window(at, queue=0), state, at)
+        assert "autoscaler" not in quiet.status_patch, quiet.status_patch
+        state = quiet.decision.next_state
+    busy = tick(isvc, _window(at + timedelta(seconds=70), queue=1), state, at + timedelta(seconds=70))
+    assert "autoscaler" in busy.status_patch  # demand again: saved when due
+
+
 def test_prometheus_down_holds_and_says_so_once() -> None:
     isvc = _isvc()
     state = initial_state(load_spec(isvc), isvc["status"])

@@ -7,8 +7,9 @@ Deployments when the count changed (render reads status.desiredReplicas).
 Status is written only when something a person would see changed (the count, a condition, the
 rounded metrics), and the autoscaler's state (status.autoscaler: stabilization history, panic,
 learned throughput, rate history) when the count or the panic changes and otherwise at most
-every SAVE_SECONDS. A new leader starts from that state and status.desiredReplicas; with no
-saved state decide() waits a full scale-down window before removing anything.
+every SAVE_SECONDS while the service sees demand. A new leader starts from that state and
+status.desiredReplicas; with no saved state decide() waits a full scale-down window before
+removing anything.
 
 The window gets two inputs that are not Prometheus': the runtime's maxBatchSize from the spec
 and the measured cold start (status.coldStart, see coldstart.py).
@@ -126,7 +127,10 @@ def tick(isvc: dict[str, Any], window: MetricsWindow, state: ScalingState, now: 
     saved = previous.get("autoscaler") or {}
     panic_changed = (saved.get("panicUntil") is None) != (decision.next_state.panic_until is None)
     due = now.timestamp() - float(saved.get("savedAt") or 0) >= SAVE_SECONDS
-    if decision.metrics_available and (decision.changed or panic_changed or due):
+    # An idle service saves nothing periodically: the last save, made while demand was seen,
+    # already holds what a new leader needs, and an idle service costs no API writes.
+    idle = window.request_rate == 0 and window.queue_depth == 0 and window.inflight == 0
+    if decision.metrics_available and (decision.changed or panic_changed or (due and not idle)):
         patch["autoscaler"] = saved_state(decision.next_state, now.timestamp())
     if was.get("MetricsAvailable") == "True" and available.status == "False":
         out.events.append(("Warning", "MetricsUnavailable", available.message))
