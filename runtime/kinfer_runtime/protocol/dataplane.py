@@ -32,6 +32,15 @@ def answer_headers(model_version: str, track: str) -> list[tuple[str, str]]:
     return [("kinfer-track", track), *headers] if track else headers
 
 
+def check_model(served: str, served_version: str, name: str, version: str, field: str = "model") -> None:
+    """ModelNotFound unless `name` (and `version`, when given) is what this server serves;
+    `field` names where the request carried the name."""
+    if name != served:
+        raise ModelNotFound(f"{field} '{name}' is not served here (serving '{served}')")
+    if version not in ("", served_version):
+        raise ModelNotFound(f"model '{name}' has no version '{version}' (serving '{served_version}')")
+
+
 class DataPlane:
     def __init__(self, model_name: str, model_version: str, signature: Signature, track: str = "") -> None:
         self.model_name = model_name
@@ -75,10 +84,7 @@ class DataPlane:
         return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}
 
     def check_model(self, name: str, version: str = "") -> None:
-        if name != self.model_name:
-            raise ModelNotFound(f"model '{name}' is not served here (serving '{self.model_name}')")
-        if version not in ("", self.model_version):
-            raise ModelNotFound(f"model '{name}' has no version '{version}' (serving '{self.model_version}')")
+        check_model(self.model_name, self.model_version, name, version)
 
     def model_ready(self, name: str, version: str = "") -> bool:
         self.check_model(name, version)

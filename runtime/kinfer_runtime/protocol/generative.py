@@ -13,8 +13,8 @@ from typing import Any, Protocol
 
 from kinfer_runtime.engine import Engine, Stream
 from kinfer_runtime.model import GenerativeSignature
-from kinfer_runtime.protocol.dataplane import SERVER_NAME, SERVER_VERSION, answer_headers
-from kinfer_runtime.protocol.errors import InvalidInput, ModelNotFound, NotReady
+from kinfer_runtime.protocol.dataplane import SERVER_NAME, SERVER_VERSION, answer_headers, check_model
+from kinfer_runtime.protocol.errors import InvalidInput, NotReady
 from kinfer_runtime.protocol.generate_types import GenerateRequest
 
 EXTENSIONS = ["generate", "openai"]
@@ -87,10 +87,7 @@ class GenerativePlane:
         return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}
 
     def check_model(self, name: str, version: str = "", field: str = "model") -> None:
-        if name != self.model_name:
-            raise ModelNotFound(f"{field}: '{name}' is not served here (serving '{self.model_name}')")
-        if version not in ("", self.model_version):
-            raise ModelNotFound(f"model '{name}' has no version '{version}' (serving '{self.model_version}')")
+        check_model(self.model_name, self.model_version, name, version, field + ":")
 
     def model_ready(self, name: str, version: str = "") -> bool:
         self.check_model(name, version)
