@@ -196,10 +196,10 @@ def _python_model(directory: Path, source: str) -> Path:
     return directory
 
 
-def make_slow_model(directory: Path) -> Path:
-    """A python-format model with the MLP's signature that sleeps 20 ms per forward, so a few
-    concurrent clients build a real queue without burning CPU."""
-    return _python_model(directory, _SLOW_MODEL)
+def make_slow_model(directory: Path, delay_s: float = 0.02) -> Path:
+    """A python-format model with the MLP's signature that sleeps `delay_s` (default 20 ms) per
+    forward, so a few concurrent clients build a real queue without burning CPU."""
+    return _python_model(directory, _SLOW_MODEL.replace('"0.02"', repr(str(delay_s))))
 
 
 # One row of the test MLP's input, as an Open Inference Protocol v2 JSON body.

@@ -24,3 +24,12 @@ def test_failing_model_passes_warm_up_and_fails_real_requests(tmp_path: Path) ->
     assert warm["y"].shape == (2, 4)
     with pytest.raises(RuntimeError, match="broken"):
         model.forward({"x": np.ones((1, 8), dtype=np.float32)})
+
+
+def test_slow_model_takes_the_delay_it_was_written_with(tmp_path: Path) -> None:
+    import time
+
+    model = load_model(str(make_slow_model(tmp_path / "slower", delay_s=0.1)))
+    started = time.monotonic()
+    model.forward({"x": np.ones((1, 8), dtype=np.float32)})
+    assert time.monotonic() - started >= 0.1
