@@ -76,6 +76,7 @@ class Elector:
     _observed: tuple[Any, ...] | None = None  # (holder, renewTime, transitions) last seen
     _observed_at: float = 0.0  # when, on our monotonic clock, it last changed
     _renewed_at: float = 0.0
+    _caught_up: bool = False  # on_start() succeeded since this replica last won the Lease
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def step(self, mono: float, wall: datetime) -> None:
@@ -94,12 +95,17 @@ class Elector:
             self.leading = False
         if self.leading and not was:
             log.info("lease: %s is the leader", self.identity)
-            try:
-                self.on_start()
-            except Exception:  # the resync timer catches up instead; the Lease stays ours
-                log.exception("lease: catching up after winning the Lease failed")
+            self._caught_up = False
         elif was and not self.leading:
             log.info("lease: %s stopped leading", self.identity)
+        if self.leading and not self._caught_up:
+            # Events that came while this replica waited asked for no pass: until one catch-up
+            # succeeds (its LIST may fail like any call), try again every round.
+            try:
+                self.on_start()
+                self._caught_up = True
+            except Exception:  # the Lease stays ours
+                log.exception("lease: catching up after winning the Lease failed; retrying")
 
     def _round(self, mono: float, wall: datetime) -> None:
         lease = self.api.get()

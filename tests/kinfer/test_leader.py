@@ -154,3 +154,20 @@ def test_a_lease_not_ours_to_create_is_waited_for_and_never_created_again() -> N
     api.lease = None
     a.step(12, T0 + timedelta(seconds=12))
     assert not a.leading and api.lease is None
+
+
+def test_a_failed_catch_up_is_retried_until_it_succeeds() -> None:
+    # Winning the Lease runs one pass per InferenceService; a failed LIST of them must not leave
+    # the services whose events this replica ignored while waiting to the 30-minute resync.
+    api = FakeLeases()
+    calls: list[int] = []
+
+    def catch_up() -> None:
+        calls.append(len(calls))
+        if len(calls) < 3:
+            raise OSError("500 injected")
+
+    a = Elector(api, "a", on_start=catch_up)
+    for t in range(0, 12, 2):
+        a.step(t, T0 + timedelta(seconds=t))
+    assert a.leading and calls == [0, 1, 2]
