@@ -170,9 +170,8 @@ def _service_back(kube: Kube) -> Callable[[], bool]:
     return lambda: bool(kube.get(f"/api/v1/namespaces/{NAMESPACE}/services/{NAME}"))
 
 
-def _drift_repair(kube: Kube, timeout: float = 120) -> float | None:
-    """Delete the service's Service (retried until the API server takes it); seconds until the
-    operator put it back."""
+def _delete_service(kube: Kube) -> bool:
+    """Delete the service's Service (a drift), retried until the API server takes it."""
     path = f"/api/v1/namespaces/{NAMESPACE}/services/{NAME}"
 
     def delete() -> bool:
@@ -183,7 +182,12 @@ def _drift_repair(kube: Kube, timeout: float = 120) -> float | None:
                 raise
         return True
 
-    if _until(delete, 60) is None:
+    return _until(delete, 60) is not None
+
+
+def _drift_repair(kube: Kube, timeout: float = 120) -> float | None:
+    """Seconds from a deleted Service until the operator put it back."""
+    if not _delete_service(kube):
         return None
     return _until(_service_back(kube), timeout, interval=0.2)
 
@@ -277,9 +281,11 @@ def run_faults(outage: float) -> None:
             phase(f"leader {leader} killed")
             operators[leader].stop(signal.SIGKILL)
             killed = time.monotonic()
-            repairs["leader"] = _drift_repair(kube)
+            _delete_service(kube)  # at once: the drift waits for the new leader
             other = next(i for i in operators if i != leader)
-            took_lease = _until(lambda: _holder(kube) == other, 60)
+            took_lease = _until(lambda: _holder(kube) == other, 60, interval=0.2)
+            back = _until(_service_back(kube), 120, interval=0.2)
+            repairs["leader"] = None if back is None else time.monotonic() - killed
             notes.append(
                 f"leader killed {KILL_INTO_STEP} s into the step: {other} held the Lease after "
                 f"{_s(took_lease)}, drift repaired {_s(repairs['leader'])} after the kill"
