@@ -216,10 +216,14 @@ def disagreements(config: dict[str, list[Any]], sig: Signature) -> list[str]:
 MODEL_PY = r'''"""Written by kinfer-runtime triton-repo: serves the torch model named by signature.json."""
 import json
 import os
+import warnings
 
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
+
+
+warnings.filterwarnings("ignore", message="`torch.jit.load` is deprecated")
 
 
 class TritonPythonModel:

@@ -211,6 +211,9 @@ def _triton_args() -> list[str]:
         "--exit-on-error=true",
         f"--exit-timeout-secs={GRACE_SECONDS - DRAIN_SECONDS - 5}",
         "--log-verbose=0",
+        # No info lines: Triton's wide status tables would fill the 2 KiB termination message
+        # that carries a failed load's reason to the CrashLoop condition.
+        "--log-info=false",
     ]
 
 
