@@ -114,7 +114,9 @@ def tick(
         )
         # At 100 % stable runs no pods to compare with: that step is judged on metrics alone.
         if canary.analysis.drift is not None and state is not None and state.weight < 100:
-            found = drift.analyze(source, meta["namespace"], meta["name"], canary.analysis.drift, window)
+            found = drift.analyze(
+                source, meta["namespace"], meta["name"], canary.analysis.drift, window, generative
+            )
             verdict = analysis.combine(verdict, found)
     controls = machine.parse_controls(meta.get("annotations"))
     promoted = canary is not None and stable_promoted(deployments, meta["name"], canary.model.uri)
