@@ -21,6 +21,7 @@ What each policy sees is listed in bench/autoscale.md ("Inputs").
     python bench/autoscale_sim.py                      # the conversation trace x24 + synthetic
     python bench/autoscale_sim.py --suite --jobs 2     # + seeds 0-4 of every family, tuning
     python bench/autoscale_sim.py --trace FILE.csv     # any CSV with a TIMESTAMP column
+    python bench/autoscale_sim.py --family spike --seed 3   # one trace of a family
 """
 
 from __future__ import annotations
@@ -875,7 +876,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--queue-target", type=float, help="queue depth per replica (default: --max-batch)")
     p.add_argument("--p95-target-ms", type=int, help="p95 target (default: 0.9 x --slo-ms)")
     p.add_argument("--max-replicas", type=int, default=40)
-    p.add_argument("--seed", type=int, default=1, help="of the synthetic burst trace")
+    p.add_argument("--family", choices=FAMILIES, help="one trace: seed --seed of this family")
+    p.add_argument("--seed", type=int, default=1, help="of the synthetic burst trace (or of --family)")
     args = p.parse_args(argv)
 
     started = time.monotonic()
@@ -900,6 +902,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     )
     names = [f"file:{args.trace}"] if args.trace else trace_names(args.suite)
+    if args.family:
+        names = [f"{args.family}-{args.seed}"]
     runs = _map(run_trace, [(n, args, setup, args.suite) for n in names], args.jobs)
     if args.suite:
         tuned, lines = choose_tuned(runs)

@@ -65,9 +65,11 @@ def install(kubeconfig: Path) -> None:
 
 def uninstall(kubeconfig: Path) -> None:
     """Remove what install() made besides the CRDs and the namespace (the operator's
-    ServiceAccount and RBAC), e.g. to install the Helm chart in its place."""
+    ServiceAccount and RBAC), and the Lease an operator run against it created, e.g. to install
+    the Helm chart in its place (which owns a Lease of that name)."""
     objects = rbac(OPERATOR_NAMESPACE)
     kubectl(kubeconfig, "delete", "--ignore-not-found", "--wait", "-f", "-", input=to_yaml(objects))
+    kubectl(kubeconfig, "delete", "lease", "kinfer", "-n", OPERATOR_NAMESPACE, "--ignore-not-found")
 
 
 def gateway_api_crds() -> list[Path]:
@@ -162,23 +164,25 @@ def make_failing_model(directory: Path) -> Path:
 
 _SLOW_MODEL = textwrap.dedent(
     """
-    import os
     import time
 
     import numpy as np
 
+    DELAY_S = {delay_s!r}
+    PER_ROW_S = {per_row_s!r}
+
 
     class Model:
-        \"\"\"Takes KINFER_TEST_DELAY_S (default 20 ms) per forward: queues build under load.\"\"\"
+        \"\"\"Sleeps DELAY_S + PER_ROW_S x rows per forward (written in by make_slow_model):
+        a replica of known capacity whatever the machine's load, since it sleeps, not computes.\"\"\"
 
         def __init__(self, signature, device):
             self.signature, self.device = signature, device
-            self.delay = float(os.environ.get("KINFER_TEST_DELAY_S", "0.02"))
 
         def forward(self, inputs):
             x = inputs["x"]
-            time.sleep(self.delay)
-            return {"y": np.zeros((x.shape[0], 4), dtype=np.float32)}
+            time.sleep(DELAY_S + PER_ROW_S * x.shape[0])
+            return {{"y": np.zeros((x.shape[0], 4), dtype=np.float32)}}
     """
 )
 
@@ -196,10 +200,11 @@ def _python_model(directory: Path, source: str) -> Path:
     return directory
 
 
-def make_slow_model(directory: Path) -> Path:
-    """A python-format model with the MLP's signature that sleeps 20 ms per forward, so a few
-    concurrent clients build a real queue without burning CPU."""
-    return _python_model(directory, _SLOW_MODEL)
+def make_slow_model(directory: Path, delay_s: float = 0.02, per_row_s: float = 0.0) -> Path:
+    """A python-format model with the MLP's signature whose forward sleeps ``delay_s`` +
+    ``per_row_s`` x rows (the values are written into model.py): a few concurrent clients build a
+    real queue without burning CPU, and a replica's capacity does not depend on the machine."""
+    return _python_model(directory, _SLOW_MODEL.format(delay_s=float(delay_s), per_row_s=float(per_row_s)))
 
 
 # One row of the test MLP's input, as an Open Inference Protocol v2 JSON body.

@@ -210,6 +210,13 @@ def manifests(namespace: str, watch: tuple[str, ...], name: str, only: str) -> N
     help="Namespace of the Lease. Default: the operator's own (its ServiceAccount's), else kinfer-system.",
 )
 @click.option(
+    "--lease-create/--no-lease-create",
+    default=True,
+    show_default=True,
+    help="Create the Lease when it is missing. The Helm chart renders it (so that `helm uninstall` "
+    "deletes it) and passes --no-lease-create.",
+)
+@click.option(
     "--identity",
     default=None,
     help="This replica's name in the Lease. Default: the host name and a random suffix.",
@@ -228,6 +235,7 @@ def operator(
     liveness: str | None,
     lease_name: str,
     lease_namespace: str | None,
+    lease_create: bool,
     identity: str | None,
     standalone: bool,
     verbose: bool,
@@ -251,6 +259,7 @@ def operator(
     handlers.NAMESPACES = list(namespaces)
     handlers.LEASE = None if standalone else (lease_namespace or default_namespace(), lease_name)
     handlers.IDENTITY = identity or ""
+    handlers.LEASE_CREATE = lease_create
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     if not verbose:

@@ -11,6 +11,7 @@ from kinfer.metrics_source import MetricsUnavailable
 from kinfer.rollout.analysis import (
     ERROR_RATE,
     P95_LATENCY,
+    P95_TTFT,
     TrackStats,
     Verdict,
     analyze,
@@ -56,6 +57,16 @@ def test_queries_select_one_track_of_one_service_on_the_window() -> None:
         "histogram_quantile(0.95, sum by (le) "
         f'(rate(kinfer_request_duration_seconds_bucket{{{sel},phase="total"}}[120s])))'
     )
+
+
+def test_a_generative_canary_is_timed_by_its_first_token() -> None:
+    q = queries("chat", "llm", "canary", 120, generative=True)
+    sel = 'namespace="chat",kinfer_dev_isvc="llm",kinfer_dev_track="canary"'
+    assert q["p95"] == (
+        "histogram_quantile(0.95, sum by (le) "
+        f"(rate(kinfer_time_to_first_token_seconds_bucket{{{sel}}}[120s])))"
+    )
+    assert q["requests"] == queries("chat", "llm", "canary", 120)["requests"]
 
 
 def test_label_values_are_quoted() -> None:
@@ -180,6 +191,60 @@ def test_judge(canary: TrackStats, stable: TrackStats, outcome: str, metric: str
     verdict = judge(SPEC, canary, stable)
     assert (verdict.outcome, verdict.failed_metric) == (outcome, metric)
     assert words in verdict.message
+
+
+@pytest.mark.parametrize(
+    ("canary", "stable", "outcome", "metric", "words"),
+    [
+        pytest.param(
+            GOOD,
+            GOOD,
+            "passed",
+            "",
+            "canary p95 TTFT 120 ms (stable 120 ms), errors 0.10% (stable 0.10%), 1000 requests; "
+            "within p95 TTFT 180 ms",
+            id="healthy",
+        ),
+        pytest.param(
+            TrackStats(1000, 1, 420),
+            GOOD,
+            "failed",
+            P95_TTFT,
+            "p95 time to first token 420 ms > 180 ms; canary p95 TTFT 420 ms (stable 120 ms)",
+            id="slow-first-token",
+        ),
+        pytest.param(
+            TrackStats(1000, 1, 200),
+            TrackStats(5000, 5, 210),
+            "inconclusive",
+            "",
+            "stable breaches too (p95 time to first token 200 ms > 180 ms)",
+            id="stable-slow-too",
+        ),
+        pytest.param(
+            TrackStats(1000, 0, None),
+            GOOD,
+            "inconclusive",
+            "",
+            "no time-to-first-token histogram for the canary",
+            id="no-histogram",
+        ),
+    ],
+)
+def test_judge_generative(
+    canary: TrackStats, stable: TrackStats, outcome: str, metric: str, words: str
+) -> None:
+    verdict = judge(SPEC, canary, stable, generative=True)
+    assert (verdict.outcome, verdict.failed_metric) == (outcome, metric)
+    assert words in verdict.message
+
+
+def test_analyze_generative_reads_ttft_of_both_tracks() -> None:
+    prom = FakePrometheus({"canary": TrackStats(1000, 0, 900), "stable": GOOD})
+    verdict = analyze(prom, "chat", "llm", SPEC, 60, generative=True)
+    assert verdict.failed_metric == P95_TTFT
+    quantiles = [q for q in prom.asked if q.startswith("histogram_quantile")]
+    assert len(quantiles) == 2 and all("kinfer_time_to_first_token_seconds_bucket" in q for q in quantiles)
 
 
 def test_min_requests_zero_passes_an_idle_canary() -> None:

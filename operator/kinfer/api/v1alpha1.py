@@ -407,7 +407,9 @@ class Analysis(ApiModel):
     """What a canary step must show before it moves on. Compared on the same window as stable."""
 
     max_p95_latency_ms: Annotated[int, Field(ge=1, le=600000)] = 300
-    """Highest canary p95 latency, in milliseconds. Range 1-600000, default 300."""
+    """Highest canary p95 latency, in milliseconds. For a generative model (model.format
+    generative) this is the p95 time to first token: a streamed answer is not timed as a
+    request. Range 1-600000, default 300."""
 
     max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
     """Highest fraction of canary requests answered with 5xx. Range 0-1, default 0.01."""

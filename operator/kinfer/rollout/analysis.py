@@ -3,6 +3,10 @@
 Reading (``read_track``, ``analyze``) is the only I/O and goes through ``MetricsSource``. Judging
 (``judge``) is pure. The verdict is ``passed``, ``failed`` (with the metric to blame) or
 ``inconclusive``; an inconclusive verdict never rolls back by itself (see ``machine``).
+
+The latency judged is the request's p95 (``kinfer_request_duration_seconds``), or for a
+generative canary the p95 time to first token (``kinfer_time_to_first_token_seconds``): a
+stream lasts as long as its answer, so the runtime does not time it as a request.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ Inconclusive = Literal["", "MetricsUnavailable", "NotEnoughData", "StableAlsoBre
 
 ERROR_RATE = "error_rate"
 P95_LATENCY = "p95_latency"
+P95_TTFT = "p95_time_to_first_token"
 OUTPUT_DRIFT = "output_drift"
 
 # A breach the stable track shares (within this factor) is the cluster's, not the canary's.
@@ -81,19 +86,21 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def queries(namespace: str, name: str, track: str, window_s: int) -> dict[str, str]:
-    """The three instant queries for one track: requests, errors (5xx) and p95 seconds."""
+def queries(namespace: str, name: str, track: str, window_s: int, generative: bool = False) -> dict[str, str]:
+    """The three instant queries for one track: requests, errors (5xx) and p95 seconds (of the
+    time to first token when ``generative``)."""
     w = f"[{int(window_s)}s]"
     total = selector(namespace, name, track)
     errors = selector(namespace, name, track, 'code=~"5.."')
-    buckets = selector(namespace, name, track, 'phase="total"')
+    if generative:
+        buckets = f"kinfer_time_to_first_token_seconds_bucket{total}"
+    else:
+        totals = selector(namespace, name, track, 'phase="total"')
+        buckets = f"kinfer_request_duration_seconds_bucket{totals}"
     return {
         "requests": f"sum(increase(kinfer_requests_total{total}{w}))",
         "errors": f"sum(increase(kinfer_requests_total{errors}{w}))",
-        "p95": (
-            "histogram_quantile(0.95, sum by (le) "
-            f"(rate(kinfer_request_duration_seconds_bucket{buckets}{w})))"
-        ),
+        "p95": f"histogram_quantile(0.95, sum by (le) (rate({buckets}{w})))",
     }
 
 
@@ -104,9 +111,11 @@ def _finite(value: float | None) -> float | None:
     return value
 
 
-def read_track(source: MetricsSource, namespace: str, name: str, track: str, window_s: int) -> TrackStats:
+def read_track(
+    source: MetricsSource, namespace: str, name: str, track: str, window_s: int, generative: bool = False
+) -> TrackStats:
     """Stats of one track over the last ``window_s`` seconds. Raises MetricsUnavailable."""
-    q = queries(namespace, name, track, window_s)
+    q = queries(namespace, name, track, window_s, generative)
     requests = _finite(source.scalar(q["requests"])) or 0.0
     # No 5xx series at all is the normal case: zero errors.
     errors = _finite(source.scalar(q["errors"])) or 0.0
@@ -114,14 +123,21 @@ def read_track(source: MetricsSource, namespace: str, name: str, track: str, win
     return TrackStats(requests, errors, None if p95_s is None else p95_s * 1000)
 
 
-def analyze(source: MetricsSource, namespace: str, name: str, spec: api.Analysis, window_s: int) -> Verdict:
+def analyze(
+    source: MetricsSource,
+    namespace: str,
+    name: str,
+    spec: api.Analysis,
+    window_s: int,
+    generative: bool = False,
+) -> Verdict:
     """Read both tracks on the same window and judge. Prometheus down is inconclusive."""
     try:
-        canary = read_track(source, namespace, name, "canary", window_s)
-        stable = read_track(source, namespace, name, "stable", window_s)
+        canary = read_track(source, namespace, name, "canary", window_s, generative)
+        stable = read_track(source, namespace, name, "stable", window_s, generative)
     except MetricsUnavailable as exc:
         return unavailable(str(exc) or type(exc).__name__)
-    return judge(spec, canary, stable)
+    return judge(spec, canary, stable, generative)
 
 
 # --- judging ------------------------------------------------------------------------------------
@@ -142,9 +158,15 @@ def _excused(canary: float, stable: float | None, limit: float, stable_requests:
     return stable > limit and canary <= stable * STABLE_TOLERANCE
 
 
-def judge(spec: api.Analysis, canary: TrackStats, stable: TrackStats) -> Verdict:
+def judge(spec: api.Analysis, canary: TrackStats, stable: TrackStats, generative: bool = False) -> Verdict:
     """Pure verdict on one window. Thresholds are absolute (spec.analysis); stable is the
-    baseline that can excuse a breach both tracks share, and context in the message."""
+    baseline that can excuse a breach both tracks share, and context in the message.
+    ``generative``: the p95s are of the time to first token, judged against maxP95LatencyMs."""
+    short, long, metric, what = (
+        ("p95 TTFT", "p95 time to first token", P95_TTFT, "time-to-first-token histogram")
+        if generative
+        else ("p95", "p95 latency", P95_LATENCY, "latency histogram")
+    )
     if canary.requests < spec.min_requests:
         return Verdict(
             "inconclusive",
@@ -154,7 +176,7 @@ def judge(spec: api.Analysis, canary: TrackStats, stable: TrackStats) -> Verdict
     if canary.requests == 0:
         return Verdict("passed", "no canary requests in the window; minRequests is 0")
     numbers = (
-        f"canary p95 {_ms(canary.p95_ms)} (stable {_ms(stable.p95_ms)}), "
+        f"canary {short} {_ms(canary.p95_ms)} (stable {_ms(stable.p95_ms)}), "
         f"errors {_pct(canary.error_rate)} (stable {_pct(stable.error_rate)}), "
         f"{canary.requests:.0f} requests"
     )
@@ -171,15 +193,15 @@ def judge(spec: api.Analysis, canary: TrackStats, stable: TrackStats) -> Verdict
         if not breaches:
             return Verdict(
                 "inconclusive",
-                f"no latency histogram for the canary; {numbers}",
+                f"no {what} for the canary; {numbers}",
                 inconclusive="NotEnoughData",
             )
     elif canary.p95_ms > spec.max_p95_latency_ms:
-        text = f"p95 latency {_ms(canary.p95_ms)} > {spec.max_p95_latency_ms} ms"
+        text = f"{long} {_ms(canary.p95_ms)} > {spec.max_p95_latency_ms} ms"
         if _excused(canary.p95_ms, stable.p95_ms, spec.max_p95_latency_ms, stable.requests):
             excused.append(text)
         else:
-            breaches.append((P95_LATENCY, text))
+            breaches.append((metric, text))
     if breaches:
         what = "; ".join(text for _, text in breaches)
         return Verdict("failed", f"{what}; {numbers}", failed_metric=breaches[0][0])
@@ -192,7 +214,7 @@ def judge(spec: api.Analysis, canary: TrackStats, stable: TrackStats) -> Verdict
         )
     return Verdict(
         "passed",
-        f"{numbers}; within p95 {spec.max_p95_latency_ms} ms, errors {_pct(spec.max_error_rate)}",
+        f"{numbers}; within {short} {spec.max_p95_latency_ms} ms, errors {_pct(spec.max_error_rate)}",
     )
 
 

@@ -271,8 +271,9 @@ class RestApp:
             self.metrics.request_finished(code, time.perf_counter() - started, timed=False)
         used = gt.usage(gen.prompt_tokens, gen.completion_tokens)
         if api == "generate":
+            ids = gen.token_ids if req.return_token_ids else None
             return _json(200, gt.generate_body(plane.model_name, plane.model_version, text,
-                                               gen.finish_reason, used))  # fmt: skip
+                                               gen.finish_reason, used, ids))  # fmt: skip
         return _json(200, gt.openai_body(req, rid, created, text, gen.finish_reason, used))
 
     async def _events(self, req: gt.GenerateRequest, gen: Generation, rid: str, created: int,
@@ -294,8 +295,9 @@ class RestApp:
                 return
             used = gt.usage(gen.prompt_tokens, gen.completion_tokens)
             if req.api == "generate":
+                ids = gen.token_ids if req.return_token_ids else None
                 yield _sse(
-                    gt.generate_body(plane.model_name, plane.model_version, "", gen.finish_reason, used)
+                    gt.generate_body(plane.model_name, plane.model_version, "", gen.finish_reason, used, ids)
                 )
             else:
                 last = gt.openai_chunk(req, rid, created, "", gen.finish_reason, first)
