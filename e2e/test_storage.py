@@ -281,13 +281,20 @@ def initializer(setup: Setup, namespace: str, name: str) -> Obj:
     return {}
 
 
-def nothing_served_or_cached(setup: Setup, namespace: str, name: str, cache: Path, entries: set[str],
-                             wait_for: Any) -> None:  # fmt: skip
+def cached(cache: Path) -> tuple[set[str], set[str]]:
+    """The names in the node cache's entries/ and staging/."""
+    return {p.name for p in (cache / "entries").glob("*")}, {p.name for p in (cache / "staging").glob("*")}
+
+
+def nothing_served_or_cached(setup: Setup, namespace: str, name: str, cache: Path,
+                             before: tuple[set[str], set[str]], wait_for: Any) -> None:  # fmt: skip
+    """The initializer failed (at least twice) and left nothing new in the node cache (earlier
+    tests' entries, or a download killed mid-way, are `before`); the server never ran."""
     pod = wait_for(lambda: initializer(setup, namespace, name), 60,
                    describe=lambda: setup.why(namespace, f"inferenceservice/{name}", "pods"))  # fmt: skip
-    staging = sorted(p.name for p in (cache / "staging").glob("*"))
-    assert staging == [], f"left in the node cache's staging: {staging}"
-    assert {p.name for p in (cache / "entries").glob("*")} == entries
+    entries, staging = cached(cache)
+    assert staging <= before[1], f"left in the node cache's staging: {sorted(staging - before[1])}"
+    assert entries == before[0], f"new in the node cache: {sorted(entries - before[0])}"
     server = next(c for c in pod["status"]["containerStatuses"] if c["name"] == "server")
     assert "running" not in server["state"] and not server["ready"], server
     assert not is_ready(pod)
@@ -308,7 +315,7 @@ def test_a_registry_that_is_down_ends_in_a_condition_and_nothing_is_served_or_ca
         closed = s.getsockname()[1]
     down = uri.replace(stores.registry, f"127.0.0.1:{closed}")
     cache = node_cache(setup)
-    entries = {p.name for p in (cache / "entries").glob("*")}
+    before = cached(cache)
     setup.apply(namespace, pinned("offline", {"uri": down}))
 
     def unreachable() -> Obj:
@@ -323,7 +330,7 @@ def test_a_registry_that_is_down_ends_in_a_condition_and_nothing_is_served_or_ca
     assert "refused" in cond["message"].lower(), cond
     degraded = setup.condition(namespace, "offline", "Degraded")
     assert degraded["status"] == "True" and degraded["reason"] == "ModelDownloadFailed", degraded
-    nothing_served_or_cached(setup, namespace, "offline", cache, entries, wait_for)
+    nothing_served_or_cached(setup, namespace, "offline", cache, before, wait_for)
 
 
 def test_a_full_disk_ends_in_a_condition_and_nothing_half_downloaded_is_served_or_cached(
@@ -360,7 +367,7 @@ def test_a_full_disk_ends_in_a_condition_and_nothing_half_downloaded_is_served_o
         assert cond["status"] == "False"
         assert f"NoSpace: {uri}: no space left for " in cond["message"], cond
         assert "weights.bin" in cond["message"], cond
-        nothing_served_or_cached(setup, namespace, "toobig", cache, set(), wait_for)
+        nothing_served_or_cached(setup, namespace, "toobig", cache, (set(), set()), wait_for)
         used = shutil.disk_usage(cache).used
         assert used < 1 << 20, f"{used} bytes left on the node's disk"
     finally:
