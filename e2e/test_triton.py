@@ -6,6 +6,8 @@ config.pbtxt that disagrees with signature.json, end in conditions that say why.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,6 +53,26 @@ _CLIENT = textwrap.dedent(
 )
 
 
+# Load for the metrics test: tritonclient HTTP requests for a bounded time, the count printed.
+_LOAD = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    import tritonclient.http as thttp
+    ip, port, name, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+    client = thttp.InferenceServerClient(f"{ip}:{port}")
+    inp = thttp.InferInput("x", [2, 8], "FP32")
+    inp.set_data_from_numpy(np.ones((2, 8), np.float32))
+    done, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        client.infer(name, [inp])
+        done += 1
+        time.sleep(0.02)
+    print(done)
+    """
+)
+
+
 @pytest.fixture(scope="module")
 def models() -> Iterator[Path]:
     """Model directories outside /tmp: a pod with init containers runs in a sandbox whose /tmp is
@@ -62,7 +84,7 @@ def models() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def _service(name: str, model: Path) -> dict[str, Any]:
+def _service(name: str, model: Path, scaling: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "apiVersion": "kinfer.dev/v1alpha1",
         "kind": "InferenceService",
@@ -71,7 +93,7 @@ def _service(name: str, model: Path) -> dict[str, Any]:
             "model": {"uri": f"file://{model}"},
             "runtime": {"server": "triton", "batching": {"maxBatchSize": 8, "maxDelayMs": 2, "maxQueue": 64}},
             "resources": {"cpu": "100m", "memory": "1Gi", "gpu": 1},
-            "scaling": {"mode": "fixed", "minReplicas": 1},
+            "scaling": scaling or {"mode": "fixed", "minReplicas": 1},
         },
     }
 
@@ -153,3 +175,58 @@ def test_a_model_triton_cannot_load_and_a_disagreeing_config_end_in_conditions_s
     ) in cond["message"], cond
     pods = setup.get(namespace, "pods -l kinfer.dev/isvc=twrong")["items"]
     assert pods and all(not (p["status"].get("containerStatuses") or [{}])[0].get("started") for p in pods)
+
+
+def test_tritons_series_fill_status_metrics_and_explain_scale(
+    setup: Setup, namespace: str, wait_for: Any, models: Path
+) -> None:
+    scaling = {
+        "minReplicas": 1,
+        "maxReplicas": 1,
+        "targets": {"queueDepthPerReplica": 4, "p95LatencyMs": 60000},
+    }
+    isvc = setup.apply(namespace, _service("tmetrics", make_model(models / "mlp"), scaling))
+    setup.wait_ready(wait_for, namespace, isvc, timeout=300)
+    service = setup.get(namespace, f"service/{isvc}")
+    http = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "http")
+    argv = [service["spec"]["clusterIP"], str(http), isvc, "45"]
+    load = subprocess.Popen(
+        ["ip", "netns", "exec", "kinfer-services", sys.executable, "-c", _LOAD, *argv],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        # Prometheus scrapes Triton's port (8082) with the pod's labels; the operator maps
+        # nv_inference_* onto its window: a request rate and a p95 from the summary.
+        status = wait_for(
+            lambda: (
+                (st := setup.get(namespace, f"kisvc/{isvc}").get("status") or {})
+                .get("metrics", {})
+                .get("requestsPerSecond", 0)
+                > 0
+                and st["metrics"].get("p95LatencyMs") is not None
+                and st
+            ),
+            60,
+            describe=lambda: "status.metrics from Triton's series\n" + setup.why(namespace, f"kisvc/{isvc}"),
+            interval=1,
+        )
+        assert status["metrics"]["queueDepth"] >= 0 and 0 < status["metrics"]["p95LatencyMs"] < 60000, status
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(setup.kubeconfig),
+            "KINFER_PROMETHEUS_URL": setup.testbed.prometheus_url,
+        }
+        out = subprocess.run(
+            [sys.executable, "-m", "kinfer", "explain-scale", isvc, "-n", namespace],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stdout + out.stderr
+        window = next(line for line in out.stdout.splitlines() if line.startswith("window:"))
+        assert re.fullmatch(
+            r"window: queue \d+ over 1 ready, in flight \d+, p95 \d+ms, \d+\.\d\d req/s", window
+        ), out.stdout
+        assert not window.endswith(" 0.00 req/s"), out.stdout
+        print(out.stdout)  # shown with -rP
+    finally:
+        load.kill()
+        load.communicate()
