@@ -153,6 +153,20 @@ def test_openai_client_streams_completions_and_chat(lm_server: Server) -> None:
     assert got[-1].choices[0].finish_reason in ("length", "stop")
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_generation_answers_say_who_answered(lm_server: Server, stream: bool) -> None:
+    host, port = lm_server.http.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        body = {"model": "tiny-lm", "prompt": "hi", "max_tokens": 2, "stream": stream}
+        conn.request("POST", "/v1/completions", json.dumps(body), {"content-type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 200 and resp.getheader("kinfer-model-version") == "1"
+    finally:
+        conn.close()
+
+
 def test_v2_generate_and_generate_stream(lm_server: Server) -> None:
     body = {"text_input": "hello world", "parameters": {"max_tokens": 8, "temperature": 0}}
     status, doc = post(lm_server, "/v2/models/tiny-lm/generate", body)

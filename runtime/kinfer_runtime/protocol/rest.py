@@ -182,7 +182,9 @@ class RestApp:
     async def serve(self, path: str, headers: dict[bytes, bytes], body: bytes) -> Response:
         """What `route_sync` left to run async: infer, or generation."""
         if path in _GENERATE_ROUTES or path.endswith(("/generate", "/generate_stream")):
-            return await self.generate(path, headers, body)
+            resp = await self.generate(path, headers, body)
+            resp.headers = self._answer_headers  # who answered, streamed or not
+            return resp
         return await self.infer(path, headers, body)
 
     async def infer(self, path: str, headers: dict[bytes, bytes], body: bytes) -> Response:
@@ -562,8 +564,8 @@ class HttpConnection(asyncio.Protocol):
         keep = keep_alive and not self._server.closing
         transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncache-control: no-cache\r\n"
-            b"transfer-encoding: chunked\r\n%s\r\n"
-            % (resp.status, _REASONS.get(resp.status, b"Status"), resp.content_type,
+            b"transfer-encoding: chunked\r\n%s%s\r\n"
+            % (resp.status, _REASONS.get(resp.status, b"Status"), resp.content_type, resp.headers,
                b"" if keep else b"connection: close\r\n")
         )  # fmt: skip
         self._streaming = asyncio.current_task()
