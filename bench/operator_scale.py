@@ -13,6 +13,14 @@ status from pods) while no model server runs.
     .venv/bin/python bench/operator_scale.py --count 200 --unrelated 0
     .venv/bin/python bench/operator_scale.py --count 1000
 
+`--faults` is the fault run instead: two operator replicas with the Lease, steady load on one
+InferenceService (clients on loopback send to its ready pods' addresses), and one after another
+the API server restarted, etcd restarted, Prometheus stopped for two minutes, and the leading
+operator killed (SIGKILL) during a canary step. It counts failed requests and wrong decisions
+(kinfer_dev.faults.Audit) and ends with one line, `FAULTS: requests=… failed=…`.
+
+    .venv/bin/python bench/operator_scale.py --faults
+
 Prints figures, not a pass/fail: see bench/README.md for recorded runs.
 """
 
@@ -232,8 +240,15 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for all (default 600)")
     parser.add_argument("--unrelated", type=int, default=5000, help="unrelated pods first (default 5000)")
     parser.add_argument("--idle", type=float, default=60, help="seconds of the idle measurement (default 60)")
+    parser.add_argument("--faults", action="store_true", help="the fault run instead (see above)")
+    parser.add_argument("--outage", type=float, default=120, help="--faults: seconds Prometheus is stopped")
     args = parser.parse_args()
-    run(args.count, args.rate, args.timeout, args.unrelated, args.idle)
+    if args.faults:
+        from operator_faults import run_faults
+
+        run_faults(args.outage)
+    else:
+        run(args.count, args.rate, args.timeout, args.unrelated, args.idle)
 
 
 if __name__ == "__main__":

@@ -210,10 +210,12 @@ def test_helm_upgrade_with_changed_values_rolls_the_operator(
 
 def test_helm_uninstall_leaves_no_operator_objects(setup: Setup, release: None, wait_for: Any) -> None:
     pids = [pid(p) for p in operator_pods(setup) if ready(p)]
+    held = setup.get(OPERATOR_NAMESPACE, "lease kinfer")
+    assert (held.get("spec") or {}).get("holderIdentity"), f"no replica held lease/kinfer: {held}"
     helm(setup, "uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--wait")
     kinds = (
         "deployments,replicasets,pods,serviceaccounts,configmaps,services,poddisruptionbudgets,"
-        "roles,rolebindings"
+        "roles,rolebindings,leases"
     )
     wait_for(
         lambda: not setup.get(OPERATOR_NAMESPACE, f"{kinds} -l {SELECTOR}").get("items", [None]),
@@ -225,6 +227,8 @@ def test_helm_uninstall_leaves_no_operator_objects(setup: Setup, release: None, 
     assert setup.get("", "crd inferenceservices.kinfer.dev"), "the CRD stays, as Helm does with crds/"
     for p in pids:
         assert not Path(f"/proc/{p}").exists(), f"operator process {p} still runs"
+    # Labelled or not: no replica that was still stopping wrote the Lease again.
+    assert setup.get(OPERATOR_NAMESPACE, "lease kinfer") == {}, "lease/kinfer left behind"
     volumes = list((setup.testbed.state / "pods").glob(f"{OPERATOR_NAMESPACE}_*/volumes"))
     assert volumes == [], "the launcher removes the pods' tokens with them"
 

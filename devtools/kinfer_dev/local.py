@@ -65,9 +65,11 @@ def install(kubeconfig: Path) -> None:
 
 def uninstall(kubeconfig: Path) -> None:
     """Remove what install() made besides the CRDs and the namespace (the operator's
-    ServiceAccount and RBAC), e.g. to install the Helm chart in its place."""
+    ServiceAccount and RBAC), and the Lease an operator run against it created, e.g. to install
+    the Helm chart in its place (which owns a Lease of that name)."""
     objects = rbac(OPERATOR_NAMESPACE)
     kubectl(kubeconfig, "delete", "--ignore-not-found", "--wait", "-f", "-", input=to_yaml(objects))
+    kubectl(kubeconfig, "delete", "lease", "kinfer", "-n", OPERATOR_NAMESPACE, "--ignore-not-found")
 
 
 def gateway_api_crds() -> list[Path]:

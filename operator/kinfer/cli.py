@@ -210,6 +210,13 @@ def manifests(namespace: str, watch: tuple[str, ...], name: str, only: str) -> N
     help="Namespace of the Lease. Default: the operator's own (its ServiceAccount's), else kinfer-system.",
 )
 @click.option(
+    "--lease-create/--no-lease-create",
+    default=True,
+    show_default=True,
+    help="Create the Lease when it is missing. The Helm chart renders it (so that `helm uninstall` "
+    "deletes it) and passes --no-lease-create.",
+)
+@click.option(
     "--identity",
     default=None,
     help="This replica's name in the Lease. Default: the host name and a random suffix.",
@@ -228,6 +235,7 @@ def operator(
     liveness: str | None,
     lease_name: str,
     lease_namespace: str | None,
+    lease_create: bool,
     identity: str | None,
     standalone: bool,
     verbose: bool,
@@ -251,6 +259,7 @@ def operator(
     handlers.NAMESPACES = list(namespaces)
     handlers.LEASE = None if standalone else (lease_namespace or default_namespace(), lease_name)
     handlers.IDENTITY = identity or ""
+    handlers.LEASE_CREATE = lease_create
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     if not verbose:
@@ -306,11 +315,13 @@ def explain_scale(name: str | None, namespace: str, recorded: str | None, promet
     isvc = Cluster(load_client_config()).get_isvc(namespace, name)
     if isvc is None:
         raise click.ClickException(f"inferenceservice {namespace}/{name} not found")
-    scaling = validate_spec(isvc["spec"]).scaling
+    parsed = validate_spec(isvc["spec"])
+    scaling = parsed.scaling
     if scaling.mode != "metrics":
         click.echo(f"mode {scaling.mode}: the kinfer autoscaler does not scale this service")
     now = time.time()
-    window = inputs(isvc, read_window(PrometheusSource(prometheus_url), namespace, name, now=now))
+    source = PrometheusSource(prometheus_url)
+    window = inputs(isvc, read_window(source, namespace, name, now=now, server=parsed.runtime.server))
     state = initial_state(scaling, isvc.get("status") or {})
     click.echo(explain(decide(scaling, window, state, now), window))
 

@@ -59,6 +59,7 @@ METRICS_ADDRESS = "127.0.0.1"
 NAMESPACES: list[str] = []  # empty: all namespaces
 LEASE: tuple[str, str] | None = None  # (namespace, name) of the leader Lease; None: standalone
 IDENTITY = ""  # this replica's name in the Lease; empty: host name and a random suffix
+LEASE_CREATE = True  # create the Lease when missing (the chart renders it and says False)
 
 
 @dataclass
@@ -121,6 +122,7 @@ def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
             KubeLease(runtime.cluster.client, namespace, lease_name),
             IDENTITY or default_identity(),
             on_start=lambda: _catch_up(memo),
+            create=LEASE_CREATE,
         )
         runtime.elector.start()
     # Owned objects: watched with a server-side label selector (kopf filters labels client-side).
@@ -388,7 +390,8 @@ def autoscale_timer(namespace: str | None, name: str, spec: Any, body: Any, memo
         return
     runtime: Runtime = memo.runtime
     key = (namespace, name)
-    window = read_window(runtime.source, namespace, name, now=time.time())
+    server = str(((spec or {}).get("runtime") or {}).get("server", "kinfer"))
+    window = read_window(runtime.source, namespace, name, now=time.time(), server=server)
     with runtime.lock(key):
         isvc = runtime.cluster.get_isvc(namespace, name)
         if isvc is None:

@@ -68,10 +68,15 @@ class Elector:
     on_start: Callable[[], None] = lambda: None  # became the leader: catch up on everything
     lease_seconds: int = LEASE_SECONDS
     renew_deadline: float = RENEW_DEADLINE_SECONDS
+    # False: the Lease is someone else's to create (the Helm chart renders it, so that `helm
+    # uninstall` deletes it); while it is missing nobody leads, and a replica still stopping
+    # after an uninstall does not create it again.
+    create: bool = True
     leading: bool = False
     _observed: tuple[Any, ...] | None = None  # (holder, renewTime, transitions) last seen
     _observed_at: float = 0.0  # when, on our monotonic clock, it last changed
     _renewed_at: float = 0.0
+    _caught_up: bool = False  # on_start() succeeded since this replica last won the Lease
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def step(self, mono: float, wall: datetime) -> None:
@@ -90,17 +95,27 @@ class Elector:
             self.leading = False
         if self.leading and not was:
             log.info("lease: %s is the leader", self.identity)
-            try:
-                self.on_start()
-            except Exception:  # the resync timer catches up instead; the Lease stays ours
-                log.exception("lease: catching up after winning the Lease failed")
+            self._caught_up = False
         elif was and not self.leading:
             log.info("lease: %s stopped leading", self.identity)
+        if self.leading and not self._caught_up:
+            # Events that came while this replica waited asked for no pass: until one catch-up
+            # succeeds (its LIST may fail like any call), try again every round.
+            try:
+                self.on_start()
+                self._caught_up = True
+            except Exception:  # the Lease stays ours
+                log.exception("lease: catching up after winning the Lease failed; retrying")
 
     def _round(self, mono: float, wall: datetime) -> None:
         lease = self.api.get()
         now = micro_time(wall)
         if lease is None:
+            if not self.create:
+                if self.leading or self._observed != ("missing",):
+                    log.warning("lease: missing and not ours to create: waiting for it")
+                self.leading, self._observed = False, ("missing",)
+                return
             self.api.create(self._record({}, now, acquired=True))
             self._won(mono)
             return
@@ -124,7 +139,9 @@ class Elector:
         out["renewTime"] = now
         if acquired:
             out["acquireTime"] = now
-            out["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + (1 if spec else 0)
+            # A change of holder; not the first one (a Lease the chart created has none yet).
+            held = bool(spec.get("holderIdentity") or spec.get("acquireTime"))
+            out["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + (1 if held else 0)
         return out
 
     def _won(self, mono: float) -> None:

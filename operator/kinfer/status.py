@@ -48,37 +48,59 @@ def pod_problem(pod: dict[str, Any]) -> tuple[str, str] | None:
             )
         if reason in CRASH_REASONS:
             restarts = container.get("restartCount", 0)
+            last = ((container.get("lastState") or {}).get("terminated") or {}).get("message") or ""
+            said = last_words(last)
             return "CrashLoop", (
                 f"pod {name}: container {container['name']} keeps failing "
-                f"({reason}, {restarts} restarts): {detail}"
+                f"({reason}, {restarts} restarts): {detail}" + (f"; it said: {said}" if said else "")
             )
     return None
 
 
 INITIALIZER = "storage-initializer"
+TRITON_INIT = "triton-repository"
+# How a process says why it stops: Triton's "E1202 ... model_lifecycle.cc:...] failed to load
+# 'm' version 1: Internal: ...", kinfer-runtime's JSON "level": "error" line.
+_ERROR_MARKERS = ("failed to load", '"level": "error"', '"level":"error"', "error:", "Error:")
+
+
+def last_words(message: str) -> str:
+    """The line of a termination message (a log tail) that says why: the first holding the most
+    specific error marker (Triton prints the cause, then other errors and a summary), else the
+    last line; at most 500 characters."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    for marker in _ERROR_MARKERS:  # in order: the most specific first
+        cause = next((line for line in lines if marker in line), None)
+        if cause is not None:
+            return cause[:500]
+    return lines[-1][:500]
 
 
 def model_download_problem(pod: dict[str, Any]) -> tuple[str, str] | None:
     """The storage initializer's failure, in its own words (its termination message names the
-    cause and the URI: "Forbidden: s3://bucket/key: HTTP 403 ..."), or a Secret it cannot get."""
+    cause and the URI: "Forbidden: s3://bucket/key: HTTP 403 ..."), or a Secret it cannot get;
+    or the Triton repository's (a config.pbtxt that disagrees with signature.json)."""
     name = pod["metadata"]["name"]
     for container in (pod.get("status") or {}).get("initContainerStatuses") or []:
-        if container.get("name") != INITIALIZER:
+        if container.get("name") not in (INITIALIZER, TRITON_INIT):
             continue
+        failed = "ModelDownloadFailed" if container["name"] == INITIALIZER else "ModelRepositoryInvalid"
         state = container.get("state") or {}
         waiting = state.get("waiting") or {}
         if waiting.get("reason") == "CreateContainerConfigError":
-            return "ModelDownloadFailed", f"pod {name}: {waiting.get('message') or waiting['reason']}"
+            return failed, f"pod {name}: {waiting.get('message') or waiting['reason']}"
         # Done is done; while it runs or waits again, the last failure says why.
         term = state.get("terminated") or (container.get("lastState") or {}).get("terminated")
         if "terminated" in state and term and term.get("exitCode", 0) == 0:
-            return None
+            continue
         if term and term.get("exitCode", 0) != 0:
             # The termination message, or the log's last line (FallbackToLogsOnError).
             lines = (term.get("message") or "").strip().splitlines()
             message = lines[-1].strip() if lines else f"exit code {term.get('exitCode')}"
             restarts = container.get("restartCount", 0)
-            return "ModelDownloadFailed", f"pod {name}: {message} ({restarts} retries)"
+            return failed, f"pod {name}: {message} ({restarts} retries)"
     return None
 
 

@@ -1,5 +1,6 @@
 """`kinfer-runtime` / `python -m kinfer_runtime`: serve one model until SIGTERM;
-`kinfer-runtime fetch URI DIR` downloads one (storage/fetch.py)."""
+`kinfer-runtime fetch URI DIR` downloads one (storage/fetch.py); `kinfer-runtime triton-repo MODEL_DIR
+REPO` lays out a Triton model repository (triton_repo.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kinfer_runtime.storage.fetch import main as fetch
 
         return fetch(args[1:])
+    if args[:1] == ["triton-repo"]:  # init container of runtime.server: triton pods
+        from kinfer_runtime.triton_repo import main as triton_repo
+
+        return triton_repo(args[1:])
     if args[:1] in (["push"], ["ls"]):  # behind `kinfer model push|ls`
         from kinfer_runtime.storage.push import main as storage_command
 

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from kinfer import manifests
+from kinfer.leader import LEASE_SECONDS
 from kinfer.settings import OperatorConfig
 from kinfer_dev.testbed.install import paths
 
@@ -198,6 +199,7 @@ def test_defaults_render_the_expected_objects() -> None:
             ("Deployment", "kinfer-operator"),
             ("Service", "kinfer-operator-metrics"),
             ("PodDisruptionBudget", "kinfer-operator"),
+            ("Lease", "kinfer"),
         ]
     )
     for obj in render():
@@ -287,6 +289,18 @@ def test_the_chart_lease_role_is_the_generators() -> None:
     ]
 
 
+def test_the_chart_owns_the_lease_so_that_uninstall_deletes_it() -> None:
+    lease = one(render(), "Lease")
+    args = one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--lease-name={lease['metadata']['name']}" in args
+    assert lease["metadata"]["namespace"] == NAMESPACE
+    # No holder: the operator takes it; the duration it renews with, so upgrades change nothing.
+    assert lease["spec"] == {"leaseDurationSeconds": LEASE_SECONDS}
+    renamed = one(render({"leaderElection": {"enabled": True, "leaseName": "kinfer-b"}}), "Lease")
+    assert renamed["metadata"]["name"] == "kinfer-b"
+    assert not [o for o in render(VARIANTS["standalone"]) if o["kind"] == "Lease"]
+
+
 def test_operator_has_leader_election_probes_metrics_and_its_config() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     deployment = one(render(), "Deployment")
@@ -297,6 +311,7 @@ def test_operator_has_leader_election_probes_metrics_and_its_config() -> None:
     assert args[0] == "operator"
     assert "--lease-name=kinfer" in args and "--standalone" not in args
     assert f"--lease-namespace={NAMESPACE}" in args
+    assert "--no-lease-create" in args  # the chart's Lease: Helm creates and deletes it
     assert "--metrics-address=0.0.0.0" in args
     # The Lease's holder is the pod's name: it shows which pod is active.
     assert "--identity=$(POD_NAME)" in args

@@ -121,3 +121,53 @@ def test_a_leader_that_cannot_renew_stops_before_the_lease_expires() -> None:
         assert a.leading, t
     a.step(12, T0 + timedelta(seconds=12))
     assert not a.leading  # 12 s without a renewal > the 10 s deadline < the 15 s lease
+
+
+def test_a_lease_the_chart_created_without_a_holder_is_taken_at_once_and_kept() -> None:
+    # Helm renders the Lease (so that `helm uninstall` deletes it): no holder, only its duration
+    # and Helm's labels. The first candidate takes it with a replace; nothing is created.
+    api = FakeLeases()
+    labels = {"app.kubernetes.io/managed-by": "Helm"}
+    api.lease = {
+        "metadata": {"name": "kinfer", "resourceVersion": "7", "labels": labels},
+        "spec": {"leaseDurationSeconds": 15},
+    }
+    a = Elector(api, "a")
+    a.step(0, T0)
+    assert a.leading and api.holder() == "a"
+    assert api.lease["metadata"]["labels"] == labels
+    assert api.lease["spec"]["leaseTransitions"] == 0  # the first holder is no transition
+    assert api.lease["spec"]["acquireTime"] == "2026-12-02T12:00:00.000000Z"
+
+
+def test_a_lease_not_ours_to_create_is_waited_for_and_never_created_again() -> None:
+    api = FakeLeases()
+    a = Elector(api, "a", create=False)
+    for t in range(0, 10, 2):
+        a.step(t, T0 + timedelta(seconds=t))
+    assert not a.leading and api.lease is None and api.writes == 0
+    api.lease = {"metadata": {"name": "kinfer", "resourceVersion": "1"}, "spec": {"leaseDurationSeconds": 15}}
+    a.step(10, T0 + timedelta(seconds=10))
+    assert a.leading and api.holder() == "a"
+    # `helm uninstall` deletes the Lease while this replica still runs: it stops leading at
+    # once and leaves nothing behind.
+    api.lease = None
+    a.step(12, T0 + timedelta(seconds=12))
+    assert not a.leading and api.lease is None
+
+
+def test_a_failed_catch_up_is_retried_until_it_succeeds() -> None:
+    # Winning the Lease runs one pass per InferenceService; a failed LIST of them must not leave
+    # the services whose events this replica ignored while waiting to the 30-minute resync.
+    api = FakeLeases()
+    calls: list[int] = []
+
+    def catch_up() -> None:
+        calls.append(len(calls))
+        if len(calls) < 3:
+            raise OSError("500 injected")
+
+    a = Elector(api, "a", on_start=catch_up)
+    for t in range(0, 12, 2):
+        a.step(t, T0 + timedelta(seconds=t))
+    assert a.leading and calls == [0, 1, 2]

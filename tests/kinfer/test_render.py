@@ -324,3 +324,45 @@ def test_generative_needs_the_kinfer_runtime() -> None:
     isvc["spec"]["runtime"]["server"] = "triton"
     with pytest.raises(ValueError, match=r"generative needs runtime\.server kinfer"):
         render(isvc, OperatorConfig())
+
+
+def test_triton_pods_lay_out_a_repository_first_and_probe_tritons_own_endpoints() -> None:
+    isvc = load(ROOT / "examples" / "minimal.yaml")
+    isvc["spec"]["runtime"] = {
+        "server": "triton",
+        "batching": {"maxBatchSize": 8, "maxDelayMs": 3, "maxQueue": 64},
+    }
+    isvc["spec"]["resources"] = {"gpu": 2}
+    objects = render(isvc, FULL)
+    pod = _pod_spec(isvc, FULL)
+    (init,) = pod["initContainers"]  # a local model: no download, only the repository
+    assert init["name"] == "triton-repository" and init["image"] == OperatorConfig().runtime_image
+    assert init["args"] == [
+        "triton-repo", "file:///models/iris/model.pt", "/mnt/triton", "--name=iris",
+        "--max-batch-size=8", "--max-delay-ms=3", "--max-queue=64", "--gpus=2",
+    ]  # fmt: skip
+    assert {"name": "triton-repo", "mountPath": "/mnt/triton"} in init["volumeMounts"]
+    server = pod["containers"][0]
+    assert server["image"] == OperatorConfig().triton_image and server["command"] == ["tritonserver"]
+    assert "--model-repository=/mnt/triton" in server["args"]
+    assert "--metrics-config=summary_latencies=true" in server["args"]
+    assert {"name": "triton-repo", "mountPath": "/mnt/triton", "readOnly": True} in server["volumeMounts"]
+    assert (
+        server["readinessProbe"]["httpGet"]["path"]
+        == server["startupProbe"]["httpGet"]["path"]
+        == "/v2/health/ready"
+    )
+    assert {"name": "metrics", "containerPort": 8082, "protocol": "TCP"} in server["ports"]
+    template = _by_kind(objects, "Deployment")[0]["spec"]["template"]
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == "8082"
+    (monitor,) = _by_kind(objects, "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    (policy,) = _by_kind(objects, "NetworkPolicy")
+    assert {"port": 8082, "protocol": "TCP"} in policy["spec"]["ingress"][0]["ports"]
+
+
+def test_kinfer_pods_keep_metrics_on_the_http_port() -> None:
+    objects = render(load(ROOT / "examples" / "minimal.yaml"), FULL)
+    server = _container(_by_kind(objects, "Deployment")[0])
+    assert [p["name"] for p in server["ports"]] == ["http", "grpc"]
+    assert _by_kind(objects, "ServiceMonitor")[0]["spec"]["endpoints"][0]["port"] == "http"

@@ -148,3 +148,47 @@ def test_cold_start_is_read_from_the_latest_ready_pod() -> None:
     assert first == {"pod": "m-1", "createdToReadySeconds": 9.0, "startSeconds": 3.0, "downloadSeconds": 4.25,
                      "downloadBytes": 500000000, "cacheHit": False}  # fmt: skip
     assert last_start(pods[2:]) is None
+
+
+TRITON_LOG = (
+    "Error: Failed to initialize NVML\n"
+    "I1202 22:02:08.3 1 server.cc:674] +-------+---------+--------+\n"
+    "E1202 22:02:08.4 1 model_lifecycle.cc:654] \"failed to load 'm' version 1: Internal: "
+    'RuntimeError: PytorchStreamReader failed reading zip archive"\n'
+    "error: creating server: Internal - failed to load all models\n"
+)
+
+
+def test_a_crash_loop_carries_the_servers_own_reason() -> None:
+    pod = _pod("CrashLoopBackOff", "back-off 4s restarting failed container server", restarts=3)
+    pod["status"]["containerStatuses"][0]["lastState"] = {
+        "terminated": {"exitCode": 1, "message": TRITON_LOG}
+    }
+    problem = pod_problem(pod)
+    assert problem is not None and problem[0] == "CrashLoop"
+    assert problem[1].endswith(
+        "; it said: E1202 22:02:08.4 1 model_lifecycle.cc:654] \"failed to load 'm' version 1: Internal: "
+        'RuntimeError: PytorchStreamReader failed reading zip archive"'
+    )
+
+
+def test_a_refused_triton_repository_is_its_own_reason_after_a_finished_download() -> None:
+    refusal = (
+        "triton-repo: config.pbtxt disagrees with signature.json: "
+        "input 'x': dims [9] in config.pbtxt, [8] in signature.json"
+    )
+    pod = {
+        "metadata": {"name": "m-1"},
+        "status": {
+            "initContainerStatuses": [
+                {"name": "storage-initializer", "state": {"terminated": {"exitCode": 0}}},
+                {
+                    "name": "triton-repository",
+                    "restartCount": 1,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 1, "message": refusal + "\n"}},
+                },
+            ]
+        },
+    }
+    assert pod_problem(pod) == ("ModelRepositoryInvalid", f"pod m-1: {refusal} (1 retries)")

@@ -84,3 +84,42 @@ def test_a_dead_client_is_forgotten(tmp_path: Path, sleepers: list[Proc]) -> Non
     current.record_client(gone)
     assert current.client("demo-operator") is None
     assert current.clients() == []
+
+
+# A stand-in Prometheus: answers 200 to every GET (its /-/ready) on the port given.
+READY_SERVER = (
+    "import http.server, sys\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        self.send_response(200); self.end_headers()\n"
+    "    def log_message(self, *a):\n"
+    "        pass\n"
+    "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n"
+)
+
+
+# spawn() lets go of its Popen: a bed's process outlives the call that started it, by design.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_stopped_component_is_started_again_in_place(tmp_path: Path, sleepers: list[Proc]) -> None:
+    import sys
+
+    current = fake_bed(tmp_path, sleepers)
+    port = bed.free_ports(1)[0]
+    data = current.load()
+    current.save({**data, "ports": {"prometheus": port}})
+    bed.stop_component(tmp_path, "prometheus", grace=1)
+    assert not current.running()
+    assert [p.name for p in current.procs() if not p.alive()] == ["prometheus"]
+    proc = bed.start_component(tmp_path, "prometheus", timeout=30,
+                               argv=[sys.executable, "-c", READY_SERVER, str(port)])  # fmt: skip
+    sleepers.append(proc)
+    assert current.running()
+    assert next(p for p in current.procs() if p.name == "prometheus") == proc
+    assert (tmp_path / "logs" / "prometheus.log").exists()
+
+
+def test_only_the_restartable_components_can_be_stopped(tmp_path: Path, sleepers: list[Proc]) -> None:
+    current = fake_bed(tmp_path, sleepers)
+    with pytest.raises(ValueError, match="kwok cannot be restarted"):
+        bed.stop_component(tmp_path, "kwok")
+    assert current.running()

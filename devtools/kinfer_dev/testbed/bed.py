@@ -499,6 +499,59 @@ def down(state: Path, echo: Callable[[str], None] = print, keep_logs: bool = Fal
     echo(f"test bed in {state} stopped ({len(procs)} processes)")
 
 
+# What the fault run (bench/operator_scale.py --faults) may stop and start again in a running
+# bed: same ports, same data (etcd's and Prometheus's directories are kept), same certificates.
+RESTARTABLE = ("etcd", "kube-apiserver", "prometheus")
+
+
+def _ready(bed: Bed, name: str) -> Callable[[], bool]:
+    ports = bed.load()["ports"]
+    if name == "etcd":
+        return lambda: _get(f"http://127.0.0.1:{ports['etcd']}/health")
+    if name == "kube-apiserver":
+        ctx = _admin_ctx(bed.state / "pki")
+        return lambda: _get(f"https://127.0.0.1:{ports['kube-apiserver']}/readyz", ctx)
+    if name == "prometheus":
+        return lambda: _get(f"http://127.0.0.1:{ports['prometheus']}/-/ready")
+    raise ValueError(f"{name} cannot be restarted (one of {', '.join(RESTARTABLE)})")
+
+
+def stop_component(state: Path, name: str, grace: float = 10) -> None:
+    """Stop one component of a running bed (SIGTERM, then SIGKILL after `grace` s); it stays in
+    bed.json, dead, until start_component starts it again."""
+    _ready(Bed(state), name)  # refuses what cannot come back
+    stop([p for p in Bed(state).procs() if p.name == name], grace=grace)
+
+
+def start_component(state: Path, name: str, timeout: float = 90, argv: list[str] | None = None) -> Proc:
+    """Start a stopped component again with the arguments `up` gave it (or `argv`) and wait
+    until it answers its health check. Clients recorded against the old API server stay bound
+    to this bed."""
+    bed = Bed(state)
+    check = _ready(bed, name)
+    data = bed.load()
+    old = bed.identity()
+    log = state / "logs" / f"{name}.log"
+    proc = spawn(name, argv or _argv(name, state, data["ports"]), log, cwd=state)
+    data["procs"] = [proc.as_dict() if d["name"] == name else d for d in data["procs"]]
+    bed.save(data)
+    if name == "kube-apiserver":
+        for f in sorted(bed.clients_dir.glob("*.json")) if bed.clients_dir.is_dir() else []:
+            record = json.loads(f.read_text())
+            if record.get("bed") == old:
+                f.write_text(json.dumps({**record, "bed": bed.identity()}))
+    _wait(name, check, proc, log, timeout)
+    return proc
+
+
+def restart_component(state: Path, name: str, timeout: float = 90) -> float:
+    """Stop and start one component; seconds until it answered again."""
+    started = time.monotonic()
+    stop_component(state, name)
+    start_component(state, name, timeout)
+    return time.monotonic() - started
+
+
 def _pod_procs(state: Path) -> list[Proc]:
     d = state / "procs"
     out = []

@@ -21,7 +21,12 @@ from kinfer.settings import OperatorConfig
 
 HTTP_PORT = 8080
 GRPC_PORT = 8081
+# Triton serves /metrics on a port of its own (kinfer-runtime on the HTTP port).
+TRITON_METRICS_PORT = 8082
 MODEL_MOUNT = "/mnt/models"
+# Triton pods: the init container lays out the model repository here (kinfer-runtime triton-repo).
+TRITON_REPO = "/mnt/triton"
+TRITON_INIT = "triton-repository"
 CACHE_MOUNT = "/var/cache/kinfer"
 INITIALIZER = "storage-initializer"
 DRAIN_SECONDS = 5
@@ -189,15 +194,56 @@ def _model_location(model: api.Model, image: str, config: OperatorConfig) -> Mod
     return ModelLocation(f"file://{MODEL_MOUNT}", volumes, [mount], [init])
 
 
+def _triton_args() -> list[str]:
+    return [
+        f"--model-repository={TRITON_REPO}",
+        f"--http-port={HTTP_PORT}",
+        f"--grpc-port={GRPC_PORT}",
+        f"--metrics-port={TRITON_METRICS_PORT}",
+        "--allow-metrics=true",
+        # p95 for the autoscaler and the analysis: nv_inference_request_summary_us quantiles.
+        # (This Triton's histogram_latencies covers decoupled first responses only; its
+        # nv_inference_request_duration_us is a counter.)
+        "--metrics-config=summary_latencies=true",
+        # /v2/health/ready only once every model of the repository is loaded; a model that
+        # cannot load stops the server, with Triton's reason as the container's last words.
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        f"--exit-timeout-secs={GRACE_SECONDS - DRAIN_SECONDS - 5}",
+        "--log-verbose=0",
+        # No info lines: Triton's wide status tables would fill the 2 KiB termination message
+        # that carries a failed load's reason to the CrashLoop condition.
+        "--log-info=false",
+    ]
+
+
+def _triton_init(
+    name: str, spec: api.InferenceServiceSpec, where: ModelLocation, image: str
+) -> dict[str, Any]:
+    """The init container writing the model repository (config.pbtxt from signature.json)."""
+    batching = spec.runtime.batching
+    return {
+        "name": TRITON_INIT,
+        "image": image,
+        "command": ["kinfer-runtime"],
+        "args": [
+            "triton-repo",
+            where.uri,
+            TRITON_REPO,
+            f"--name={name}",
+            f"--max-batch-size={batching.max_batch_size}",
+            f"--max-delay-ms={batching.max_delay_ms}",
+            f"--max-queue={batching.max_queue}",
+            f"--gpus={spec.resources.gpu}",
+        ],
+        "env": [],
+        "volumeMounts": [*where.mounts, {"name": "triton-repo", "mountPath": TRITON_REPO}],
+    }
+
+
 def _server_args(name: str, spec: api.InferenceServiceSpec, model_uri: str) -> list[str]:
     if spec.runtime.server == "triton":
-        directory = model_uri.removeprefix("file://")
-        return [
-            f"--model-repository={directory}",
-            f"--http-port={HTTP_PORT}",
-            f"--grpc-port={GRPC_PORT}",
-            "--allow-metrics=true",
-        ]
+        return _triton_args()
     batching = spec.runtime.batching
     common = [
         f"--model-uri={model_uri}",
@@ -270,6 +316,17 @@ def _track(
     kinfer_image = spec.runtime.server == "kinfer" and spec.runtime.image
     where = _model_location(model, kinfer_image or config.runtime_image, config)
     scratch = {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}
+    volumes, mounts, init = (
+        [scratch, *where.volumes],
+        [{"name": "tmp", "mountPath": "/tmp"}, *where.mounts],
+        where.init_containers,
+    )
+    metrics_port = HTTP_PORT
+    if spec.runtime.server == "triton":
+        volumes.append({"name": "triton-repo", "emptyDir": {"sizeLimit": "64Mi"}})
+        mounts.append({"name": "triton-repo", "mountPath": TRITON_REPO, "readOnly": True})
+        init = [*init, _triton_init(name, spec, where, config.runtime_image)]
+        metrics_port = TRITON_METRICS_PORT
     return Track(
         name=track,
         deployment=deployment,
@@ -279,14 +336,14 @@ def _track(
         selector=selector,
         pod_annotations={
             "prometheus.io/scrape": "true",
-            "prometheus.io/port": str(HTTP_PORT),
+            "prometheus.io/port": str(metrics_port),
             "prometheus.io/path": "/metrics",
             "kinfer.dev/model-uri": model.uri,
         },
         args=_server_args(name, spec, where.uri),
-        volumes=[scratch, *where.volumes],
-        volume_mounts=[{"name": "tmp", "mountPath": "/tmp"}, *where.mounts],
-        init_containers=where.init_containers,
+        volumes=volumes,
+        volume_mounts=mounts,
+        init_containers=init,
     )
 
 
@@ -363,17 +420,21 @@ def render(isvc: dict[str, Any], config: OperatorConfig) -> list[dict[str, Any]]
     """Every object an InferenceService needs, in apply order. Raises pydantic.ValidationError."""
     meta = isvc.get("metadata") or {}
     name: str = meta["name"]
-    spec = api.validate_spec(isvc.get("spec") or {})
     status: dict[str, Any] = isvc.get("status") or {}
     labels = owner_labels(name)
     isvc_selector = {"kinfer.dev/isvc": name}
+    spec = api.validate_spec(isvc.get("spec") or {})
     common = {
         "name": name,
         "ns": meta.get("namespace") or "default",
         "owner": _owner(isvc),
         "labels": labels,
         "isvc_selector": isvc_selector,
-        "ports": {"http": HTTP_PORT, "grpc": GRPC_PORT},
+        "ports": {
+            "http": HTTP_PORT,
+            "grpc": GRPC_PORT,
+            "metrics": TRITON_METRICS_PORT if spec.runtime.server == "triton" else None,
+        },
     }
     pod = _pod(spec, config)
     deployments = tracks(name, spec, status, config)
@@ -383,8 +444,13 @@ def render(isvc: dict[str, Any], config: OperatorConfig) -> list[dict[str, Any]]
             **common,
             track=t,
             pod=pod,
-            # a language model loads for minutes: the pod counts as started once it is ready
-            startup_path="/v2/health/ready" if t.model.format == "generative" else "/v2/health/live",
+            # a language model loads for minutes, Triton loads every model before it turns ready:
+            # the pod counts as started once it is ready
+            startup_path=(
+                "/v2/health/ready"
+                if t.model.format == "generative" or spec.runtime.server == "triton"
+                else "/v2/health/live"
+            ),
             startup_failures=STARTUP_FAILURES_GENERATIVE if t.model.format == "generative" else 150,
             grace_seconds=GRACE_SECONDS,
             drain_seconds=DRAIN_SECONDS,

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tarfile
 import time
@@ -216,6 +217,10 @@ def _termination(text: str) -> None:
         pass
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kinfer-runtime fetch", description="download a model into DIR")
     ap.add_argument("uri")
@@ -228,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--workers", type=int, default=int(os.environ.get("KINFER_FETCH_WORKERS", 10)))
     args = ap.parse_args(argv)
+    # A deleted pod's initializer gets SIGTERM: unwind (finally: the staging directory is
+    # removed) rather than die where it stands and leave a partial download in the node cache.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     for chatty in ("botocore", "boto3", "urllib3"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
