@@ -230,3 +230,62 @@ def test_tritons_series_fill_status_metrics_and_explain_scale(
     finally:
         load.kill()
         load.communicate()
+
+
+_BROKEN = textwrap.dedent(
+    """
+    import json, sys, warnings
+    from pathlib import Path
+    warnings.simplefilter("ignore", FutureWarning)
+    import torch
+
+    class Broken(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if bool((x != 0).any()):
+                raise RuntimeError("this model version is broken")
+            return torch.zeros(x.shape[0], 4)
+
+    out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
+    torch.jit.script(Broken()).save(str(out / "model.pt"))
+    (out / "signature.json").write_text(json.dumps({
+        "format": "torchscript", "max_batch_size": 32,
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 8]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
+    }))
+    """
+)
+
+
+def test_a_failing_triton_canary_is_rolled_back_on_tritons_error_rate(
+    setup: Setup, namespace: str, wait_for: Any, models: Path
+) -> None:
+    from test_rollout import REPLICAS, Traffic, _canary, _events
+
+    broken = models / "broken-canary"
+    script = models / "make_broken.py"  # TorchScript compiles from source: a file, not -c
+    script.write_text(_BROKEN)
+    subprocess.run([sys.executable, str(script), str(broken)], check=True, timeout=300)
+    doc = _service("ranker", make_model(models / "mlp"), {"mode": "fixed", "minReplicas": REPLICAS})
+    doc["spec"]["resources"] = {"cpu": "100m", "memory": "1Gi"}
+    doc["spec"]["rollout"] = {
+        "canary": {
+            "model": {"uri": f"file://{broken}"},
+            "steps": [50, 100],
+            "stepSeconds": 20,
+            "analysis": {"minRequests": 5, "maxErrorRate": 0.05, "maxP95LatencyMs": 2000},
+        }
+    }
+    setup.apply(namespace, doc)
+    traffic = Traffic(setup, namespace, "ranker")
+    with traffic.running(240):
+        wait_for(
+            lambda: _canary(setup, namespace, "ranker").get("phase") == "Failed",
+            240,
+            describe=lambda: f"canary Failed (traffic {traffic.codes})\n" + setup.why(namespace),
+            interval=1,
+        )
+    assert traffic.codes[500] > 0 and traffic.codes[200] > 0, traffic.codes  # Triton's answers
+    (rollback,) = [e for e in _events(setup, namespace) if e["reason"] == "CanaryRollingBack"]
+    assert "error rate" in rollback["message"], rollback["message"]
+    cond = setup.condition(namespace, "ranker", "RolloutSucceeded")
+    assert (cond["status"], cond["reason"]) == ("False", "RolledBack")
