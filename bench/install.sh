@@ -11,9 +11,11 @@ PYTHON=${1:-$repo/.venv/bin/python}
 cache=${KINFER_CACHE:-$HOME/.cache/kinfer}
 start=$(date +%s)
 PYTHONPATH="$repo/devtools" "$PYTHON" -m kinfer_dev.testbed.install bench
+# The triton venv is the test bed's too (kinfer_dev/testbed/triton.py makes it, as bootstrap does).
+PYTHONPATH="$repo/devtools" "$PYTHON" -m kinfer_dev.testbed.triton
 base=$("$PYTHON" -c 'import sys; print(sys.base_prefix)')
 site=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-for peer in "triton nvidia-pytriton==0.7.0" "kserve kserve==0.21.0"; do
+for peer in "kserve kserve==0.21.0"; do
   set -- $peer
   venv=$cache/bench-venvs/$1
   if [ ! -f "$venv/.complete" ]; then

@@ -42,3 +42,19 @@ def test_demo_walks_the_gpu_canary_example_through_its_steps(setup: Setup, wait_
         setup.operator = setup.start_operator("operator-after-demo.log")
     assert down.returncode == 0, down.stdout + down.stderr
     assert not setup.get("", "namespace search"), "the demo's namespaces are gone after --down"
+
+
+def test_demo_llm_streams_an_answer_through_the_gateway(setup: Setup) -> None:
+    setup.operator.stop()
+    try:
+        out = demo(setup, "--llm", timeout=900)
+        assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+        walk = out.stdout[out.stdout.index("examples/llm.yaml") :]
+        assert "200 text/event-stream" in walk, walk
+        pieces = [line for line in walk.splitlines() if line.startswith("  ") and " s  '" in line]
+        assert len(pieces) >= 2, walk  # more than one piece: streamed, not answered at once
+        assert "[DONE]" in walk and "pieces streamed" in walk, walk
+    finally:
+        down = demo(setup, "--down", timeout=300)
+        setup.operator = setup.start_operator("operator-after-demo.log")
+    assert down.returncode == 0, down.stdout + down.stderr

@@ -36,9 +36,7 @@ _CLIENT = textwrap.dedent(
 
 def _tiny_lm(directory: Path) -> Path:
     if not (directory / "signature.json").is_file():
-        script = (
-            "import sys; from pathlib import Path; from tests.kinfer_runtime.models import make_tiny_lm; "
-        )
+        script = "import sys; from pathlib import Path; from kinfer_dev.tiny_lm import make_tiny_lm; "
         script += "make_tiny_lm(Path(sys.argv[1]))"
         subprocess.run([sys.executable, "-c", script, str(directory)], cwd=ROOT, check=True, timeout=600)
     return directory

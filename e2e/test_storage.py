@@ -105,6 +105,14 @@ def answers(setup: Setup, namespace: str, name: str) -> None:
         assert json.loads(body)["outputs"][0]["shape"] == [1, 4]
 
 
+def last_start(setup: Setup, namespace: str, name: str, *pods: Obj) -> Obj:
+    """status.lastStart once it is one of pods', with the initializer's figures; {} until then."""
+    isvc = setup.get(namespace, f"inferenceservice/{name}")
+    start: Obj = (isvc.get("status") or {}).get("lastStart") or {}
+    names = {p["metadata"]["name"] for p in pods}
+    return start if start.get("pod") in names and "downloadSeconds" in start else {}
+
+
 def model_metrics(pod: Obj) -> dict[str, float]:
     """The runtime's kinfer_model_* samples (the storage initializer's report, read at start)."""
     import urllib.request
@@ -134,6 +142,12 @@ def test_s3_model_becomes_ready_answers_and_the_second_replica_hits_the_cache(
     seen = model_metrics(first)
     assert seen["kinfer_model_cache_hits_total"] == 0 and seen["kinfer_model_download_bytes_total"] > 0, seen
     assert seen["kinfer_model_load_seconds"] > 0
+    # status.lastStart from the initializer's termination message (the launcher reports it as a
+    # kubelet does): the bytes downloaded and how long it took.
+    cold = wait_for(lambda: last_start(setup, namespace, "ranker", first), 30,
+                    describe=lambda: setup.why(namespace, "inferenceservice/ranker"))  # fmt: skip
+    assert cold["downloadBytes"] == seen["kinfer_model_download_bytes_total"] > 0, cold
+    assert cold["downloadSeconds"] > 0 and cold["cacheHit"] is False, cold
     # A second replica on the same node (the bed's pods share the node's hostPath cache only
     # when they land on one node: pin both to the first pod's node).
     node = first["spec"]["nodeName"]
@@ -152,6 +166,10 @@ def test_s3_model_becomes_ready_answers_and_the_second_replica_hits_the_cache(
     seen_both = [model_metrics(p) for p in both]
     hits = [m for m in seen_both if m["kinfer_model_cache_hits_total"] == 1]
     assert hits and all(m["kinfer_model_download_bytes_total"] == 0 for m in hits), seen_both
+    # Both are new pods on the node that holds the entry: the newer one is lastStart.
+    warm = wait_for(lambda: last_start(setup, namespace, "ranker", *both), 30,
+                    describe=lambda: setup.why(namespace, "inferenceservice/ranker"))  # fmt: skip
+    assert warm["cacheHit"] is True and warm["downloadBytes"] == 0, warm
     answers(setup, namespace, "ranker")
     events = setup.kubectl("get", "events", "-n", namespace, "--field-selector=reason=ModelStarted").stdout
     assert "ModelStarted" in events and "created to Ready" in events, events
@@ -234,3 +252,124 @@ def test_oci_model_becomes_ready_and_answers(
     by_digest = uri.rsplit(":", 1)[0] + "@" + digest
     setup.apply(namespace, service("pinned", {"uri": by_digest}))
     setup.wait_ready(wait_for, namespace, "pinned", timeout=120)
+
+
+NODE = "cpu-0"  # the fault tests pin their pods here, to read that node's cache
+
+
+def node_cache(setup: Setup) -> Path:
+    """NODE's model cache as the launcher makes it (the operator's default modelCacheDir)."""
+    from kinfer_dev.testbed import volumes
+
+    return volumes.host_path(Path(setup.testbed.state) / "nodes", NODE, "/var/cache/kinfer/models")
+
+
+def pinned(name: str, model: Obj) -> Obj:
+    doc = service(name, model)
+    doc["spec"]["scheduling"] = {"nodeSelector": {"kubernetes.io/hostname": NODE}}
+    return doc
+
+
+def initializer(setup: Setup, namespace: str, name: str) -> Obj:
+    """The storage initializer's status once it has failed twice and waits in back-off (so its
+    process is gone and whatever it cleans up is cleaned up), else {}."""
+    for pod in pods(setup, namespace, name):
+        for c in pod["status"].get("initContainerStatuses", []):
+            waiting = (c.get("state") or {}).get("waiting") or {}
+            if c["name"] == "storage-initializer" and c["restartCount"] >= 2 and waiting:
+                return pod
+    return {}
+
+
+def cached(cache: Path) -> tuple[set[str], set[str]]:
+    """The names in the node cache's entries/ and staging/."""
+    return {p.name for p in (cache / "entries").glob("*")}, {p.name for p in (cache / "staging").glob("*")}
+
+
+def nothing_served_or_cached(setup: Setup, namespace: str, name: str, cache: Path,
+                             before: tuple[set[str], set[str]], wait_for: Any) -> None:  # fmt: skip
+    """The initializer failed (at least twice) and left nothing new in the node cache (earlier
+    tests' entries, or a download killed mid-way, are `before`); the server never ran."""
+    pod = wait_for(lambda: initializer(setup, namespace, name), 60,
+                   describe=lambda: setup.why(namespace, f"inferenceservice/{name}", "pods"))  # fmt: skip
+    entries, staging = cached(cache)
+    assert staging <= before[1], f"left in the node cache's staging: {sorted(staging - before[1])}"
+    assert entries == before[0], f"new in the node cache: {sorted(entries - before[0])}"
+    server = next(c for c in pod["status"]["containerStatuses"] if c["name"] == "server")
+    assert "running" not in server["state"] and not server["ready"], server
+    assert not is_ready(pod)
+
+
+def test_a_registry_that_is_down_ends_in_a_condition_and_nothing_is_served_or_cached(
+    setup: Setup, stores: Stores, namespace: str, wait_for: Any
+) -> None:
+    import socket
+
+    from kinfer_runtime.storage import push
+
+    # A real artifact on the bed's registry, asked for where no registry listens (a closed port).
+    uri = f"oci://{stores.registry}/models/down-{uuid.uuid4().hex[:6]}:1"
+    push.push(setup.model, uri)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    down = uri.replace(stores.registry, f"127.0.0.1:{closed}")
+    cache = node_cache(setup)
+    before = cached(cache)
+    setup.apply(namespace, pinned("offline", {"uri": down}))
+
+    def unreachable() -> Obj:
+        cond = setup.condition(namespace, "offline", "Ready")
+        return cond if cond.get("reason") == "ModelDownloadFailed" else {}
+
+    cond = wait_for(
+        unreachable, 30, describe=lambda: setup.why(namespace, "inferenceservice/offline", "pods")
+    )
+    assert cond["status"] == "False"
+    assert f"Unreachable: {down}: registry 127.0.0.1:{closed}:" in cond["message"], cond
+    assert "refused" in cond["message"].lower(), cond
+    degraded = setup.condition(namespace, "offline", "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "ModelDownloadFailed", degraded
+    nothing_served_or_cached(setup, namespace, "offline", cache, before, wait_for)
+
+
+def test_a_full_disk_ends_in_a_condition_and_nothing_half_downloaded_is_served_or_cached(
+    setup: Setup, stores: Stores, namespace: str, wait_for: Any, tmp_path: Path
+) -> None:
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.fail("mounting the node's small disk needs root (as the test bed does)")
+    # The model (its files and 16 MiB of weights) is larger than NODE's disk: the node cache's
+    # directory becomes an 8 MiB tmpfs, so the staging download gets a real ENOSPC.
+    model = tmp_path / "big"
+    shutil.copytree(setup.model, model)
+    (model / "weights.bin").write_bytes(os.urandom(16 << 20))
+    bucket = stores.bucket()
+    stores.upload(bucket, "big/", model)
+    setup.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(stores.secret("s3-keys")))
+    cache = node_cache(setup)
+    cache.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "kinfer-e2e-small-disk", str(cache)], check=True)
+    try:
+        uri = f"s3://{bucket}/big/"
+        setup.apply(namespace, pinned("toobig", {"uri": uri, "secretName": "s3-keys"}))
+
+        def no_space() -> Obj:
+            cond = setup.condition(namespace, "toobig", "Ready")
+            return cond if cond.get("reason") == "ModelDownloadFailed" else {}
+
+        cond = wait_for(
+            no_space, 30, describe=lambda: setup.why(namespace, "inferenceservice/toobig", "pods")
+        )
+        assert cond["status"] == "False"
+        assert f"NoSpace: {uri}: no space left for " in cond["message"], cond
+        assert "weights.bin" in cond["message"], cond
+        nothing_served_or_cached(setup, namespace, "toobig", cache, (set(), set()), wait_for)
+        used = shutil.disk_usage(cache).used
+        assert used < 1 << 20, f"{used} bytes left on the node's disk"
+    finally:
+        setup.kubectl("delete", "inferenceservice", "toobig", "-n", namespace, "--wait=false", check=False)
+        subprocess.run(["umount", "--lazy", str(cache)], check=False)

@@ -22,6 +22,11 @@ __all__ = ["demo", "dev"]
     help="Then apply examples/gpu-canary.yaml under load and print each step of its rollout.",
 )
 @click.option(
+    "--llm",
+    is_flag=True,
+    help="Then apply examples/llm.yaml (a tiny language model) and print an answer as it streams.",
+)
+@click.option(
     "--step-seconds",
     type=click.IntRange(10, 600),
     default=30,
@@ -41,11 +46,13 @@ __all__ = ["demo", "dev"]
     show_default=True,
     help="Seconds to wait for the InferenceService to become Ready.",
 )
-def demo(tear_down: bool, canary: bool, step_seconds: int, state: Path | None, timeout: float) -> None:
+def demo(
+    tear_down: bool, canary: bool, llm: bool, step_seconds: int, state: Path | None, timeout: float
+) -> None:
     """Run kinfer end to end on this machine: test bed, operator, a GPU InferenceService."""
     where = state or bed.default_state_dir()
     if tear_down:
         demo_mod.down(where, click.echo)
         return
-    if not demo_mod.up(where, canary, click.echo, timeout=timeout, step_seconds=step_seconds):
+    if not demo_mod.up(where, canary, click.echo, timeout=timeout, step_seconds=step_seconds, llm=llm):
         sys.exit(1)

@@ -4,12 +4,15 @@ Brings the test bed up (building it on the first run), installs the CRD and the 
 RBAC, starts the operator under its own ServiceAccount, applies an InferenceService that asks
 for a GPU, waits for it to serve, and shows where to look. With `--canary` it then applies
 examples/gpu-canary.yaml, sends it traffic and prints each step of its rollout as the operator
-takes it, through promotion and the handover to stable. Run it again and it reuses what runs;
+takes it, through promotion and the handover to stable. With `--llm` it applies
+examples/llm.yaml with a tiny language model and prints an answer token by token as it streams
+through the Gateway to the Service. Run it again and it reuses what runs;
 `kinfer demo --down` removes what it started.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
@@ -20,13 +23,15 @@ from typing import Any
 
 import yaml
 
-from kinfer_dev import local, traffic
+from kinfer_dev import local, tiny_lm, traffic
 from kinfer_dev.testbed import bed, gateway, install
 from kinfer_dev.testbed.procs import stop
 
 NAMESPACE = "kinfer-demo"
 NAME = "demo"
 CANARY_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "gpu-canary.yaml"
+LLM_EXAMPLE = CANARY_EXAMPLE.with_name("llm.yaml")
+LLM_PROMPT = "hello kinfer, stream me an answer"
 Echo = Callable[[str], None]
 
 
@@ -82,7 +87,14 @@ def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
     return False
 
 
-def up(state: Path, canary: bool, echo: Echo, timeout: float = 240, step_seconds: int = 30) -> bool:
+def up(
+    state: Path,
+    canary: bool,
+    echo: Echo,
+    timeout: float = 240,
+    step_seconds: int = 30,
+    llm: bool = False,
+) -> bool:
     kubeconfig = _ensure_bed(state, echo)
     work = _dir(state)
     echo("kinfer demo: installing the CRD and the operator's RBAC")
@@ -105,13 +117,7 @@ def up(state: Path, canary: bool, echo: Echo, timeout: float = 240, step_seconds
     _apply(kubeconfig, inference_service(model))
     echo(f"kinfer demo: applied InferenceService {NAMESPACE}/{NAME}; waiting for Ready")
 
-    def ready() -> bool:
-        out = local.kubectl(kubeconfig, "get", "kisvc", NAME, "-n", NAMESPACE, "-o", "json", check=False)
-        return (
-            out.returncode == 0 and local.condition(json.loads(out.stdout), "Ready").get("status") == "True"
-        )
-
-    ok = _wait(ready, timeout)
+    ok = _wait(lambda: _ready(kubeconfig, NAMESPACE, NAME), timeout)
     for args in (("get", "kisvc", "-n", NAMESPACE), ("get", "pods", "-n", NAMESPACE, "-o", "wide")):
         echo(f"\n$ kubectl {' '.join(args)}")
         echo(local.kubectl(kubeconfig, *args, check=False).stdout.rstrip())
@@ -122,6 +128,8 @@ def up(state: Path, canary: bool, echo: Echo, timeout: float = 240, step_seconds
         return False
     echo(_first_inference(current.gateway_url()))
     if canary and not walk_canary(kubeconfig, current.gateway_url(), work, echo, step_seconds):
+        return False
+    if llm and not stream_llm(kubeconfig, current.gateway_url(), work, echo, timeout):
         return False
     echo(
         f"""
@@ -246,6 +254,89 @@ def walk_canary(kubeconfig: Path, gateway_url: str, work: Path, echo: Echo, step
     echo(f"  kubectl wait --for=condition=RolloutSucceeded kisvc/{name} -n {namespace}")
     echo(f"  kubectl get events -n {namespace} --sort-by=.lastTimestamp")
     return True
+
+
+def llm_example(model: Path) -> dict[str, Any]:
+    """examples/llm.yaml in the demo's namespace, serving a local tiny model, sized for the bed."""
+    doc: dict[str, Any] = yaml.safe_load(LLM_EXAMPLE.read_text())
+    doc["metadata"]["namespace"] = NAMESPACE
+    doc["spec"]["model"]["uri"] = f"file://{model}"
+    doc["spec"]["resources"]["memory"] = "2Gi"
+    doc["spec"]["scaling"]["maxReplicas"] = 1
+    return doc
+
+
+def _ready(kubeconfig: Path, namespace: str, name: str) -> bool:
+    out = local.kubectl(kubeconfig, "get", "kisvc", name, "-n", namespace, "-o", "json", check=False)
+    return out.returncode == 0 and local.condition(json.loads(out.stdout), "Ready").get("status") == "True"
+
+
+def stream_llm(kubeconfig: Path, gateway_url: str, work: Path, echo: Echo, timeout: float) -> bool:
+    """Apply examples/llm.yaml and print a streamed answer, each piece as it arrives."""
+    echo("\nkinfer demo: writing a tiny language model (random weights: its answer is gibberish)")
+    isvc = llm_example(tiny_lm.make_tiny_lm(work / "models" / "chat-lm"))
+    name = isvc["metadata"]["name"]
+    _apply(kubeconfig, isvc)
+    echo(f"kinfer demo: applied examples/llm.yaml as {NAMESPACE}/{name} (generative); waiting for Ready")
+    if not _wait(lambda: _ready(kubeconfig, NAMESPACE, name), timeout):
+        echo(f"\nkinfer demo: {name} not Ready after {timeout:.0f} s. Look at:")
+        echo(local.kubectl(kubeconfig, "describe", "kisvc", name, "-n", NAMESPACE, check=False).stdout)
+        return False
+    host = traffic.host(name, NAMESPACE)
+    body = {"model": name, "messages": [{"role": "user", "content": LLM_PROMPT}],
+            "max_tokens": 24, "temperature": 0, "stream": True}  # fmt: skip
+    url = f"{gateway_url}/v1/chat/completions"
+    echo(f"\n$ curl -N -H 'Host: {host}' {url} -d '{json.dumps(body)}'")
+    deadline = time.monotonic() + 30  # the gateway sees the new route within seconds
+    while True:
+        status, pieces, said = _stream_chat(gateway_url, host, body, echo)
+        if status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    if status != 200:
+        echo(f"kinfer demo: POST {url} (Host: {host}) answered {status}: {said}")
+        return False
+    echo(f"kinfer demo: {pieces} pieces streamed; the whole answer, as a client joins them: {said}")
+    return True
+
+
+def _stream_chat(gateway_url: str, host: str, body: dict[str, Any], echo: Echo) -> tuple[int, int, str]:
+    """POST a streamed chat completion and echo each server-sent event's text with the seconds
+    since the request. (status, pieces, the answer or the error)."""
+    address, _, port = gateway_url.removeprefix("http://").rstrip("/").rpartition(":")
+    conn = http.client.HTTPConnection(address, int(port), timeout=60)
+    started = time.monotonic()
+    try:
+        conn.request("POST", "/v1/chat/completions", json.dumps(body),
+                     {"Host": host, "Content-Type": "application/json"})  # fmt: skip
+        resp = conn.getresponse()
+        if resp.status != 200:
+            return resp.status, 0, resp.read().decode(errors="replace")[:300]
+        track = resp.getheader("kinfer-track", "-")
+        echo(f"{resp.status} {resp.getheader('content-type')} (kinfer-track: {track})")
+        pieces, text = 0, ""
+        for raw in resp:
+            line = raw.decode().strip()
+            if not line.startswith("data: "):
+                continue
+            if line == "data: [DONE]":
+                echo(f"  {time.monotonic() - started:6.3f} s  [DONE]")
+                break
+            chunk = json.loads(line[6:])
+            choice = chunk["choices"][0]
+            piece = choice["delta"].get("content", "")
+            if piece:
+                pieces, text = pieces + 1, text + piece
+                echo(f"  {time.monotonic() - started:6.3f} s  {piece!r}")
+            if choice.get("finish_reason"):
+                used = chunk.get("usage") or {}
+                echo(f"  {time.monotonic() - started:6.3f} s  finish_reason {choice['finish_reason']}, "
+                     f"{used.get('completion_tokens', '?')} tokens")  # fmt: skip
+        return 200, pieces, repr(text)
+    except (OSError, http.client.HTTPException, ValueError, KeyError) as e:
+        return 0, 0, f"{type(e).__name__}: {e}"
+    finally:
+        conn.close()
 
 
 def _first_inference(gateway_url: str) -> str:

@@ -315,11 +315,13 @@ def explain_scale(name: str | None, namespace: str, recorded: str | None, promet
     isvc = Cluster(load_client_config()).get_isvc(namespace, name)
     if isvc is None:
         raise click.ClickException(f"inferenceservice {namespace}/{name} not found")
-    scaling = validate_spec(isvc["spec"]).scaling
+    parsed = validate_spec(isvc["spec"])
+    scaling = parsed.scaling
     if scaling.mode != "metrics":
         click.echo(f"mode {scaling.mode}: the kinfer autoscaler does not scale this service")
     now = time.time()
-    window = inputs(isvc, read_window(PrometheusSource(prometheus_url), namespace, name, now=now))
+    source = PrometheusSource(prometheus_url)
+    window = inputs(isvc, read_window(source, namespace, name, now=now, server=parsed.runtime.server))
     state = initial_state(scaling, isvc.get("status") or {})
     click.echo(explain(decide(scaling, window, state, now), window))
 

@@ -390,7 +390,8 @@ def autoscale_timer(namespace: str | None, name: str, spec: Any, body: Any, memo
         return
     runtime: Runtime = memo.runtime
     key = (namespace, name)
-    window = read_window(runtime.source, namespace, name, now=time.time())
+    server = str(((spec or {}).get("runtime") or {}).get("server", "kinfer"))
+    window = read_window(runtime.source, namespace, name, now=time.time(), server=server)
     with runtime.lock(key):
         isvc = runtime.cluster.get_isvc(namespace, name)
         if isvc is None:

@@ -65,13 +65,17 @@ _ERROR_MARKERS = ("failed to load", '"level": "error"', '"level":"error"', "erro
 
 
 def last_words(message: str) -> str:
-    """The line of a termination message (a log tail) that says why: the first that looks like
-    an error (Triton prints the cause first, then a summary), else the last line; 500 chars."""
+    """The line of a termination message (a log tail) that says why: the first holding the most
+    specific error marker (Triton prints the cause, then other errors and a summary), else the
+    last line; at most 500 characters."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     if not lines:
         return ""
-    cause = next((line for line in lines if any(m in line for m in _ERROR_MARKERS)), lines[-1])
-    return cause[:500]
+    for marker in _ERROR_MARKERS:  # in order: the most specific first
+        cause = next((line for line in lines if marker in line), None)
+        if cause is not None:
+            return cause[:500]
+    return lines[-1][:500]
 
 
 def model_download_problem(pod: dict[str, Any]) -> tuple[str, str] | None:

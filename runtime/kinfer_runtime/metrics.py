@@ -35,10 +35,15 @@ Canary drift check (`shadow.py`; zero unless --shadow-url is set):
 - kinfer_shadow_argmax_agree_total{model}      counter: of those, rows whose argmax agrees
 - kinfer_shadow_max_abs_diff{model}            histogram: per comparison, max |canary - stable|
 - kinfer_shadow_errors_total{model,reason}     counter; reason = http | timeout | dropped | decode
+- kinfer_shadow_first_difference_token{model}  histogram, generative models: for each greedy
+  answer that differs from stable's, the position (from 0) of the first differing token. For a
+  generative model a comparison is one prompt: one row, agreeing when the two greedy answers are
+  the same token for token, and its max abs diff is 0 when they are, else +Inf
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -56,6 +61,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # 1-2-5 series from 1e-6 to 100; a shape or name mismatch observes +Inf (the +Inf bucket only)
 DIFF_BUCKETS = (*(float(f"{m}e{e}") for e in range(-6, 2) for m in (1, 2, 5)), 100.0)
 SHADOW_ERROR_REASONS = ("http", "timeout", "dropped", "decode")
+POSITION_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -184,6 +190,13 @@ class RuntimeMetrics:
             registry=r,
         )
         self._shadow_errors = {reason: errors.labels(model, reason) for reason in SHADOW_ERROR_REASONS}
+        self._shadow_first_difference = Histogram(
+            "kinfer_shadow_first_difference_token",
+            "Generative: position (from 0) of the first token where a greedy answer differs from stable's.",
+            ["model"],
+            buckets=POSITION_BUCKETS,
+            registry=r,
+        ).labels(model)
 
         def gauge(name: str, text: str) -> Gauge:
             return Gauge(name, text, ["model"], registry=r).labels(model)
@@ -254,6 +267,16 @@ class RuntimeMetrics:
         self._shadow_diff.observe(max_abs_diff)
         self._shadow_rows.inc(rows)
         self._shadow_agree.inc(argmax_agree)
+        self._shadow_comparisons.inc()
+
+    def shadow_compared_tokens(self, first_difference: int | None) -> None:
+        """One greedy answer compared: one row, agreeing when identical (first_difference None)."""
+        same = first_difference is None
+        self._shadow_diff.observe(0.0 if same else math.inf)
+        if first_difference is not None:
+            self._shadow_first_difference.observe(first_difference)
+        self._shadow_rows.inc()
+        self._shadow_agree.inc(1 if same else 0)
         self._shadow_comparisons.inc()
 
     def shadow_error(self, reason: str) -> None:

@@ -33,7 +33,7 @@ from kinfer_runtime.protocol.grpc import start_grpc
 from kinfer_runtime.protocol.rest import RestApp, RestServer
 from kinfer_runtime.scheduler import Scheduler
 from kinfer_runtime.settings import Settings
-from kinfer_runtime.shadow import Shadow
+from kinfer_runtime.shadow import GreedyShadow, Shadow
 
 log = logging.getLogger("kinfer_runtime")
 
@@ -66,6 +66,15 @@ async def serve(settings: Settings) -> int:
     if settings.request_timeout_ms > 0 and isinstance(plane, DataPlane):
         plane.default_timeout_s = settings.request_timeout_ms / 1000
     shadow = None
+    greedy_shadow = None
+    if settings.shadow_url and isinstance(plane, GenerativePlane):
+        greedy_shadow = GreedyShadow(
+            settings.shadow_url, name, metrics, rate=settings.shadow_rate,
+            timeout_s=settings.shadow_timeout_ms / 1000, greedy=plane.greedy,
+        )  # fmt: skip
+        plane.shadow = greedy_shadow
+        log.info("shadowing on (greedy answers compared token by token)",
+                 extra={"shadow_url": greedy_shadow.url, "shadow_rate": settings.shadow_rate})  # fmt: skip
     if settings.shadow_url and isinstance(plane, DataPlane):
         shadow = Shadow(settings.shadow_url, name, metrics, rate=settings.shadow_rate,
                         timeout_s=settings.shadow_timeout_ms / 1000)  # fmt: skip
@@ -138,6 +147,8 @@ async def serve(settings: Settings) -> int:
     await asyncio.gather(*waits)
     if batcher is not None:
         await batcher.stop()
+    if greedy_shadow is not None:
+        await greedy_shadow.close()
     if engine is not None:
         await engine.stop()
     if shadow is not None:

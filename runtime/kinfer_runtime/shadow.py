@@ -8,13 +8,22 @@ counted. A sample travels as a v2 JSON infer request to `{shadow_url}/v2/models/
 is compared with the canary's own. The user's answer is never delayed or changed: `offer` takes
 a token and hands the sample to a thread, nothing more.
 
-Pure parts: `TokenBucket` and `WarnLimiter` (timestamps passed in), `compare`, `encode_request`,
-`decode_answer`. I/O: a `Post` callable (`urllib_post`; the tests pass fakes) and `Shadow`,
-which ties them to the metrics.
+Generative models (`GreedyShadow`): a sampled request's prompt is answered greedily
+(temperature 0, at most `GREEDY_MAX_TOKENS` tokens) by both tracks — by this pod's own engine
+and by `{shadow_url}/v2/models/{model}/generate` with `return_token_ids` — off the request
+path, whatever the user's own sampling was, and the two answers are compared token id by token
+id (`first_difference`). The comparison goes to the same counters (one row per prompt, agreeing
+when identical) plus the position of the first differing token.
+
+Pure parts: `TokenBucket` and `WarnLimiter` (timestamps passed in), `compare`,
+`first_difference`, `encode_request`, `encode_generate`, `decode_answer`, `decode_token_ids`.
+I/O: a `Post` callable (`urllib_post`; the tests pass fakes) and `Shadow` / `GreedyShadow`,
+which tie them to the metrics.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import logging
 import math
@@ -22,7 +31,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -33,12 +42,15 @@ import orjson
 
 from kinfer_runtime.metrics import RuntimeMetrics
 from kinfer_runtime.protocol import codec
-from kinfer_runtime.protocol.errors import InvalidInput
+from kinfer_runtime.protocol.errors import InferenceError, InvalidInput
 from kinfer_runtime.protocol.v2_types import InferRequest, InferResponse, Tensor
 
 log = logging.getLogger("kinfer_runtime.shadow")
 
 MAX_INFLIGHT = 4
+# Tokens of a greedy comparison (fewer when the user's request asked for fewer): enough to see
+# a model answer differently, cheap enough to run beside the user's traffic.
+GREEDY_MAX_TOKENS = 32
 WARN_EVERY_S = 60.0
 
 Arrays = Mapping[str, Any]  # output name -> numpy array
@@ -142,6 +154,15 @@ def _argmax_agree(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any], rows: int) -
     return int(np.count_nonzero(x.argmax(axis=1) == y.argmax(axis=1)))
 
 
+def first_difference(canary: Sequence[int], stable: Sequence[int]) -> int | None:
+    """Position (from 0) of the first token where two greedy answers differ; an answer that
+    stops early differs where it stopped. None when they are the same."""
+    for i, (a, b) in enumerate(zip(canary, stable, strict=False)):
+        if a != b:
+            return i
+    return None if len(canary) == len(stable) else min(len(canary), len(stable))
+
+
 # ---- wire ----
 
 
@@ -186,6 +207,23 @@ def decode_answer(body: bytes) -> dict[str, Any]:
     return outputs
 
 
+def encode_generate(prompt: str, max_tokens: int) -> bytes:
+    """A v2 generate body asking for a greedy answer and its token ids."""
+    parameters = {"max_tokens": max_tokens, "temperature": 0, "return_token_ids": True}
+    return orjson.dumps({"text_input": prompt, "parameters": parameters})
+
+
+def decode_token_ids(body: bytes) -> list[int]:
+    """The token ids of a v2 generate answer asked with `return_token_ids`."""
+    try:
+        ids = orjson.loads(body)["token_ids"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AnswerError(f"not a v2 generate answer with token_ids: {type(exc).__name__}: {exc}") from None
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise AnswerError(f"token_ids: a list of integers expected, got {ids!r:.100}")
+    return ids
+
+
 class ShadowFailure(Exception):
     """A shadow call that got no answer; `reason` is the metrics label (http or timeout)."""
 
@@ -225,7 +263,29 @@ def urllib_post(url: str, body: bytes, timeout_s: float) -> bytes:
 # ---- the I/O shell ----
 
 
-class Shadow:
+class _Reporter:
+    """Shadow errors to the metrics, with rate-limited warnings."""
+
+    url: str
+    metrics: RuntimeMetrics
+    _clock: Callable[[], float]
+    _warn: WarnLimiter
+    _warn_lock: threading.Lock
+
+    def _failed(self, reason: str, detail: str) -> None:
+        self.metrics.shadow_error(reason)
+        if self._may_warn(reason):
+            log.warning(
+                f"shadow request failed ({reason}): {detail}; at most one such warning a minute",
+                extra={"reason": reason, "shadow_url": self.url},
+            )
+
+    def _may_warn(self, kind: str) -> bool:
+        with self._warn_lock:
+            return self._warn.allow(kind, self._clock())
+
+
+class Shadow(_Reporter):
     """Samples answered requests, shadows them on worker threads, records the comparison."""
 
     def __init__(
@@ -278,14 +338,79 @@ class Shadow:
         finally:
             self._slots.release()
 
-    def _failed(self, reason: str, detail: str) -> None:
-        self.metrics.shadow_error(reason)
-        if self._may_warn(reason):
-            log.warning(
-                f"shadow request failed ({reason}): {detail}; at most one such warning a minute",
-                extra={"reason": reason, "shadow_url": self.url},
-            )
 
-    def _may_warn(self, kind: str) -> bool:
-        with self._warn_lock:
-            return self._warn.allow(kind, self._clock())
+# (prompt, max tokens) -> this pod's greedy answer, as token ids
+Greedy = Callable[[str, int], Awaitable[list[int]]]
+
+
+class GreedyShadow(_Reporter):
+    """Generative models: samples prompts, answers each greedily on both tracks (asyncio tasks;
+    stable's call on a thread) and records where the two answers differ."""
+
+    def __init__(
+        self, base_url: str, model_name: str, metrics: RuntimeMetrics, *, rate: float,
+        timeout_s: float, greedy: Greedy, post: Post = urllib_post,
+        max_inflight: int = MAX_INFLIGHT, clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
+        self.url = f"{base_url.rstrip('/')}/v2/models/{quote(model_name, safe='')}/generate"
+        self.metrics = metrics
+        self.timeout_s = timeout_s
+        self.max_inflight = max_inflight
+        self._greedy = greedy
+        self._post = post
+        self._clock = clock
+        self._bucket = TokenBucket(rate)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._warn = WarnLimiter()
+        self._warn_lock = threading.Lock()
+
+    def offer(self, prompt: str, max_tokens: int) -> None:
+        """Maybe compare this prompt (on the event loop). Never waits, never raises."""
+        if not self._bucket.take(self._clock()):
+            return
+        if len(self._tasks) >= self.max_inflight:
+            self._failed("dropped", f"{self.max_inflight} shadow requests already in flight")
+            return
+        task = asyncio.get_running_loop().create_task(self._run(prompt, min(max_tokens, GREEDY_MAX_TOKENS)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Cancel the comparisons under way."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, prompt: str, max_tokens: int) -> None:
+        body = encode_generate(prompt, max_tokens)
+        stable = asyncio.create_task(asyncio.to_thread(self._post, self.url, body, self.timeout_s))
+        try:
+            canary = await self._greedy(prompt, max_tokens)
+            stable_ids = decode_token_ids(await stable)
+        except ShadowFailure as exc:
+            self._failed(exc.reason, exc.detail)
+        except AnswerError as exc:
+            self._failed("decode", f"{self.url}: {exc}")
+        except InferenceError as exc:  # this pod refused its own greedy answer (overloaded)
+            self._failed("dropped", f"local greedy answer refused: {exc.message}")
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug of ours: the user's answer is not affected; leave a trace
+            if self._may_warn("bug"):
+                log.exception("greedy shadow comparison failed", extra={"shadow_url": self.url})
+        else:
+            position = first_difference(canary, stable_ids)
+            self.metrics.shadow_compared_tokens(position)
+            if position is not None and self._may_warn("differs"):
+                log.warning(
+                    f"greedy answer differs from stable's at token {position}: canary "
+                    f"{canary[position : position + 4]} vs stable {stable_ids[position : position + 4]}; "
+                    "at most one such warning a minute",
+                    extra={"first_difference": position, "shadow_url": self.url},
+                )
+        finally:
+            if not stable.done():
+                stable.cancel()  # the thread already posting finishes on its own; unread
+            elif not stable.cancelled():
+                stable.exception()  # read, so a failure left unawaited is not reported as lost

@@ -211,15 +211,20 @@ def disagreements(config: dict[str, list[Any]], sig: Signature) -> list[str]:
 # --- laying out the repository ----------------------------------------------------------------
 
 # The Python backend's model: runs the TorchScript or torch-export file beside it with torch,
-# one forward per dynamic batch (the rows of every request of the batch, split back by offset).
+# one forward per dynamic batch (the rows of every request of the batch, split back by offset);
+# a forward that raises fails every request of the batch.
 # Text, not a module of this package: it runs inside Triton's backend stub, not here.
 MODEL_PY = r'''"""Written by kinfer-runtime triton-repo: serves the torch model named by signature.json."""
 import json
 import os
+import warnings
 
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
+
+
+warnings.filterwarnings("ignore", message="`torch.jit.load` is deprecated")
 
 
 class TritonPythonModel:
@@ -270,9 +275,11 @@ class TritonPythonModel:
                 for i, out in zip(group, outs):
                     tensors = [pb_utils.Tensor(n, o) for n, o in zip(self.outputs, out)]
                     responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
-            except Exception as exc:  # one failure answers every request of its batch
-                for i in group:
-                    responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+            except Exception as exc:
+                # Raised, not an error response: Triton counts only this as a failure
+                # (nv_inference_request_failure{reason="BACKEND"}: canary analysis reads it);
+                # every request of this execute call gets the error.
+                raise pb_utils.TritonModelException(str(exc)) from exc
         return responses
 '''
 

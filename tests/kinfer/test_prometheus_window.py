@@ -18,6 +18,7 @@ from kinfer.autoscaling.prometheus import (
     parse_scalar,
     queries,
     read_window,
+    triton_queries,
 )
 from kinfer.metrics_source import MetricsUnavailable
 
@@ -211,3 +212,41 @@ def test_prometheus_source_connection_refused() -> None:
         port = closed.server_address[1]
     w = read_window(PrometheusSource(f"http://127.0.0.1:{port}"), "ml", "resnet", now=T0)
     assert not w.available and w.reason
+
+
+def test_triton_series_fill_the_same_window() -> None:
+    q = triton_queries("ml", "resnet", "stable")
+    sel = 'namespace="ml",kinfer_dev_isvc="resnet",kinfer_dev_track="stable"'
+    pending = f"nv_inference_pending_request_count{{{sel}}}"
+    assert q.queue_depth == q.inflight == f"sum({pending})"
+    # one series per model and version: pods are counted, not series
+    assert q.ready_replicas == f"count(count by (pod) ({pending}))"
+    assert q.latency_replicas == f"min_over_time(count(count by (pod) ({pending}))[1m:15s])"
+    assert q.p95_latency_ms == f'max(nv_inference_request_summary_us{{{sel},quantile="0.95"}}) / 1000'
+    assert q.request_rate == (
+        f"sum(rate(nv_inference_request_success{{{sel}}}[1m])) + "
+        f"(sum(rate(nv_inference_request_failure{{{sel}}}[1m])) or vector(0))"
+    )
+    source = FakeSource(
+        {
+            q.queue_depth: 6.0,
+            q.ready_replicas: 2.0,
+            q.latency_replicas: 2.0,
+            q.p95_latency_ms: 41.5,
+            q.request_rate: 30.0,
+        }
+    )
+    window = read_window(source, "ml", "resnet", "stable", now=T0, server="triton")
+    assert window.available and window.reason == ""
+    assert (window.queue_depth, window.inflight, window.ready_replicas) == (6.0, 6.0, 2)
+    assert (window.p95_latency_ms, window.request_rate, window.latency_replicas) == (41.5, 30.0, 2)
+    # no batch-shape series on Triton: no forward fit
+    assert window.rows_per_second is None and window.busy_seconds_per_second is None
+    assert any(p.startswith("sum(nv_inference_pending_request_count") for p in source.asked)
+
+
+def test_a_triton_window_without_requests_has_no_p95() -> None:
+    q = triton_queries("ml", "resnet")
+    source = FakeSource({q.ready_replicas: 1.0, q.p95_latency_ms: float("nan")})
+    window = read_window(source, "ml", "resnet", now=T0, server="triton")
+    assert window.available and window.p95_latency_ms is None and window.request_rate == 0.0

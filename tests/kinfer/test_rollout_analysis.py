@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -266,3 +267,32 @@ def test_combine_prefers_failure_then_unavailable_then_waiting() -> None:
     assert combine(ok, wait, down) is down
     assert combine(ok, wait) is wait
     assert combine(ok, Verdict("passed", "drift ok")) == Verdict("passed", "metrics ok; drift ok")
+
+
+def test_a_triton_track_is_read_from_tritons_own_series() -> None:
+    q = queries("search", "ranker", "canary", 120, server="triton")
+    sel = 'namespace="search",kinfer_dev_isvc="ranker",kinfer_dev_track="canary"'
+    assert q == {
+        "requests": f"(sum(increase(nv_inference_request_success{{{sel}}}[120s])) or vector(0)) + "
+        f"(sum(increase(nv_inference_request_failure{{{sel}}}[120s])) or vector(0))",
+        "errors": f'sum(increase(nv_inference_request_failure{{{sel},reason=~"BACKEND|OTHER"}}[120s]))',
+        "p95": f'max(max_over_time(nv_inference_request_summary_us{{{sel},quantile="0.95"}}[120s])) / 1e6',
+    }
+
+
+def test_a_failing_triton_canary_is_rolled_back_on_its_error_rate() -> None:
+    answers = {
+        "canary": {"requests": 400.0, "errors": 40.0, "p95": 0.05},
+        "stable": {"requests": 400.0, "errors": 0.0, "p95": 0.05},
+    }
+
+    class TritonPrometheus:
+        def scalar(self, promql: str) -> float | None:
+            assert re.search(r"\bkinfer_(?!dev_)", promql) is None, promql  # no kinfer series
+            track = "canary" if 'kinfer_dev_track="canary"' in promql else "stable"
+            got = {v: k for k, v in queries("s", "r", track, 60, server="triton").items()}[promql]
+            return answers[track][got]
+
+    assert read_track(TritonPrometheus(), "s", "r", "canary", 60, server="triton") == TrackStats(400, 40, 50)
+    verdict = analyze(TritonPrometheus(), "s", "r", SPEC, 60, server="triton")
+    assert verdict.failed and verdict.failed_metric == ERROR_RATE

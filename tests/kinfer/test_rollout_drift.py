@@ -117,3 +117,61 @@ def test_prometheus_down_holds() -> None:
 
 def test_off_by_default() -> None:
     assert api.Analysis().drift is None
+
+
+# ---- generative canaries: greedy answers compared token by token ----
+
+
+def greedy(samples: float, differing: float, first_difference_sum: float = 0) -> DriftStats:
+    """``samples`` prompts, one row each; the differing ones do not agree."""
+    return DriftStats(samples, samples, samples - differing, differing, 0, differing, first_difference_sum)
+
+
+def test_a_differing_greedy_answer_fails_with_maxabsdiff_naming_where() -> None:
+    verdict = judge(api.DriftCheck(max_abs_diff=0), greedy(30, differing=3, first_difference_sum=12), True)
+    assert verdict.failed and verdict.failed_metric == OUTPUT_DRIFT
+    assert verdict.message.startswith(
+        "output drift: 3 of 30 greedy answers differ from stable's token by token"
+    )
+    assert "90.0% identical, the first differing token at position 4.0 on average" in verdict.message
+
+
+def test_greedy_agreement_below_the_share_fails_and_above_it_passes() -> None:
+    spec = api.DriftCheck(min_argmax_agreement=0.9)
+    verdict = judge(spec, greedy(20, differing=4, first_difference_sum=2), True)
+    assert verdict.failed
+    assert "greedy answers identical to stable's for 80.0% of prompts < 90.0%" in verdict.message
+    assert "position 0.5 on average" in verdict.message
+    assert judge(spec, greedy(20, differing=2, first_difference_sum=2), True).passed
+
+
+def test_identical_greedy_answers_pass() -> None:
+    verdict = judge(api.DriftCheck(max_abs_diff=0.01), greedy(25, differing=0), True)
+    assert verdict == judge(api.DriftCheck(max_abs_diff=1e6), greedy(25, differing=0), True)
+    assert verdict.passed
+    assert verdict.message == "drift: 25 prompts answered greedily by both tracks, 100.0% identical"
+
+
+def test_any_maxabsdiff_fails_a_differing_greedy_answer() -> None:
+    # Above the histogram's last bound the tensor check cannot see a difference; tokens can.
+    assert judge(api.DriftCheck(max_abs_diff=1e6), greedy(25, differing=1), True).failed
+
+
+def test_greedy_queries_read_the_first_difference_histogram() -> None:
+    q = queries("chat", "llm", 60, 0.01)
+    sel = 'namespace="chat",kinfer_dev_isvc="llm",kinfer_dev_track="canary"'
+    assert q["differing"] == f"sum(increase(kinfer_shadow_first_difference_token_count{{{sel}}}[60s]))"
+    assert (
+        q["first_difference_sum"] == f"sum(increase(kinfer_shadow_first_difference_token_sum{{{sel}}}[60s]))"
+    )
+
+
+def test_extrapolated_agreement_above_all_rows_reads_as_all() -> None:
+    # increase() extrapolates each counter on its own (the test bed showed 100.4%).
+    assert DriftStats(30.2, 30.1, 30.22, 0, 0).agreement == 1.0
+
+
+@pytest.mark.parametrize("agree", [29.9, 30.3])
+def test_greedy_answers_none_differing_are_all_identical_whatever_the_extrapolation(agree: float) -> None:
+    verdict = judge(api.DriftCheck(min_argmax_agreement=1.0), DriftStats(30.2, 30.1, agree, 0, 0), True)
+    assert verdict.passed and "100.0% identical" in verdict.message

@@ -219,3 +219,16 @@ def test_a_generative_canary_slow_to_its_first_token_rolls_back_naming_it() -> N
     assert any("p95 time to first token 2500 ms" in e.message for e in result.events)
     condition = next(c for c in result.status_patch["conditions"] if c["type"] == "RolloutSucceeded")
     assert "p95 time to first token" in condition["message"]
+
+
+def test_a_generative_canary_whose_greedy_answers_differ_rolls_back_saying_where() -> None:
+    isvc = _progressing_with_drift(step=0, weight=10)
+    isvc["spec"]["rollout"]["canary"]["analysis"]["drift"] = {"minArgmaxAgreement": 0.95}
+    isvc["spec"]["model"]["format"] = isvc["spec"]["rollout"]["canary"]["model"]["format"] = "generative"
+    greedy = (("first_difference_token_count", 3.0), ("first_difference_token_sum", 6.0),
+              ("comparisons_total", 30.0), ("rows_total", 30.0), ("agree_total", 27.0))  # fmt: skip
+    result = tick(isvc, Answers(*greedy, *HEALTHY), [_canary_deployment(1)], T0)
+    canary = result.status_patch["canary"]
+    assert canary["phase"] == "RollingBack"
+    assert "greedy answers identical to stable's for 90.0% of prompts < 95.0%" in canary["message"]
+    assert "the first differing token at position 2.0 on average" in canary["message"]

@@ -151,6 +151,7 @@ def test_cold_start_is_read_from_the_latest_ready_pod() -> None:
 
 
 TRITON_LOG = (
+    "Error: Failed to initialize NVML\n"
     "I1202 22:02:08.3 1 server.cc:674] +-------+---------+--------+\n"
     "E1202 22:02:08.4 1 model_lifecycle.cc:654] \"failed to load 'm' version 1: Internal: "
     'RuntimeError: PytorchStreamReader failed reading zip archive"\n'

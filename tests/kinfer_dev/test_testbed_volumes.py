@@ -176,3 +176,68 @@ def test_secret_env_comes_from_env_from_and_key_refs_and_a_missing_secret_is_nam
     with pytest.raises(volumes.VolumeError, match='secret "absent" not found'):
         volumes.secret_env(kube, "ns", {"envFrom": [{"secretRef": {"name": "absent"}}]})  # type: ignore[arg-type]
     assert volumes.needs_volumes({"spec": {"containers": [], "initContainers": [{"name": "i"}]}})
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root (as the test bed does)")
+def test_a_file_is_bound_on_a_file_made_as_its_mount_point(tmp_path: Path) -> None:
+    """The termination log: the container writes /dev/termination-log, the host file gets it."""
+    message, where = tmp_path / "server.termination-log", tmp_path / "dev" / "termination-log"
+    message.write_bytes(b"")
+    argv = ["unshare", "--mount", "--propagation", "private", sys.executable, "-m",
+            "kinfer_dev.testbed.sandbox", f"--bind={message}:{where}", "--",
+            sys.executable, "-c", f"open({str(where)!r}, 'w').write('done')"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert message.read_text() == "done"
+    assert where.read_text() == ""  # outside, only the empty mount point
+
+
+class EventSink:
+    """What PodRunner asks of the API server when a container exits: an event."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.events.append(body)
+        return body
+
+
+def exited(tmp_path: Path, code: int, written: str, log: str = "", policy: str = "File") -> dict[str, Any]:
+    """containerStatus.state.terminated of an init container that wrote `written` to its
+    termination log and `log` to its log, then exited with `code`."""
+    from kinfer_dev.testbed.pods import Container, PodRunner
+
+    spec = {"name": "storage-initializer", "terminationMessagePolicy": policy}
+    the_pod = {
+        "metadata": {"name": "m-1", "namespace": "ns", "uid": "u-2"},
+        "spec": {"nodeName": "n", "restartPolicy": "Always", "initContainers": [spec], "containers": []},
+    }
+    runner = PodRunner(EventSink(), the_pod, tmp_path)  # type: ignore[arg-type]
+    runner.volumes = {}  # sandboxed, so its termination log is bound
+    c = Container(spec=spec, env={})
+    runner.init_containers.append(c)
+    runner._pod_dir.mkdir(parents=True)
+    runner._termination_file(c).write_text(written)
+    (runner._pod_dir / "storage-initializer.log").write_text(log)
+    runner._exited(c, code, 0.0)
+    term = c.term if code == 0 else c.last_term
+    assert term is not None
+    return term
+
+
+def test_a_successful_container_reports_its_termination_message_as_a_kubelet_does(tmp_path: Path) -> None:
+    term = exited(tmp_path, 0, '{"bytes": 5}', log="a log line\n")
+    assert (term["exitCode"], term["reason"], term["message"]) == (0, "Completed", '{"bytes": 5}')
+
+
+def test_a_failure_reports_its_message_and_falls_back_to_the_log_only_when_it_wrote_none(
+    tmp_path: Path,
+) -> None:
+    fallback = "FallbackToLogsOnError"
+    wrote = exited(tmp_path / "a", 1, "NoSpace: s3://b/k: full", log="noise\nlast\n", policy=fallback)
+    assert wrote["message"] == "NoSpace: s3://b/k: full"
+    silent = exited(tmp_path / "b", 1, "", log="noise\nlast\n", policy=fallback)
+    assert silent["message"] == "noise\nlast"
+    assert "message" not in exited(tmp_path / "c", 1, "", log="noise\n")  # policy File: no fallback
+    assert "message" not in exited(tmp_path / "d", 0, "", log="noise\n", policy=fallback)

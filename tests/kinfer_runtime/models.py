@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kinfer_dev.tiny_lm import LM_CORPUS as LM_CORPUS
+from kinfer_dev.tiny_lm import make_tiny_lm as make_tiny_lm
+
 MLP_IN, MLP_OUT = 8, 4
 DTYPES = ["FP32", "FP16", "BF16", "INT8", "INT16", "INT32", "INT64", "UINT8", "BOOL", "BYTES"]
 
@@ -147,46 +150,4 @@ def make_slow(directory: Path, max_batch_size: int = 8) -> Path:
             "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
             "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
         },
-    )
-
-
-LM_CORPUS = [
-    "the quick brown fox jumps over the lazy dog",
-    "a model server streams tokens to its clients one by one",
-    "kubernetes schedules pods onto nodes with gpus",
-    "hello world, hello kinfer, hello streaming answers",
-]
-
-
-def make_tiny_lm(directory: Path, context_length: int = 64, max_new_tokens: int = 32, **config: Any) -> Path:
-    """A GPT-2-style causal LM with random weights and a byte-level BPE tokenizer trained
-    here on a few sentences (saved with save_pretrained; nothing downloaded)."""
-    import torch
-    import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(LM_CORPUS, trainer)
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
-    )
-    eos = fast.eos_token_id
-    settings = {"n_embd": 32, "n_layer": 2, "n_head": 2, "initializer_range": 0.2, **config}
-    cfg = transformers.GPT2Config(
-        vocab_size=len(fast), n_positions=context_length, bos_token_id=eos, eos_token_id=eos, **settings
-    )
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(cfg).eval()
-    model.generation_config.pad_token_id = eos
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    fast.save_pretrained(directory)
-    return _write_signature(
-        directory,
-        {"kind": "generative", "context_length": context_length, "max_new_tokens": max_new_tokens},
     )

@@ -153,10 +153,29 @@ def test_openai_client_streams_completions_and_chat(lm_server: Server) -> None:
     assert got[-1].choices[0].finish_reason in ("length", "stop")
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_generation_answers_say_who_answered(lm_server: Server, stream: bool) -> None:
+    host, port = lm_server.http.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        body = {"model": "tiny-lm", "prompt": "hi", "max_tokens": 2, "stream": stream}
+        conn.request("POST", "/v1/completions", json.dumps(body), {"content-type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 200 and resp.getheader("kinfer-model-version") == "1"
+    finally:
+        conn.close()
+
+
 def test_v2_generate_and_generate_stream(lm_server: Server) -> None:
     body = {"text_input": "hello world", "parameters": {"max_tokens": 8, "temperature": 0}}
     status, doc = post(lm_server, "/v2/models/tiny-lm/generate", body)
     assert status == 200 and doc["model_name"] == "tiny-lm" and doc["finish_reason"] in ("length", "stop")
+    assert "token_ids" not in doc
+    with_ids = {**body, "parameters": {**body["parameters"], "return_token_ids": True}}
+    status, ids_doc = post(lm_server, "/v2/models/tiny-lm/generate", with_ids)
+    assert status == 200 and ids_doc["text_output"] == doc["text_output"]
+    assert len(ids_doc["token_ids"]) == doc["usage"]["completion_tokens"]
     status, raw = post(lm_server, "/v2/models/tiny-lm/generate_stream", body)
     assert status == 200
     events = [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: ")]
@@ -180,6 +199,8 @@ def test_v2_generate_and_generate_stream(lm_server: Server) -> None:
         ("/v1/completions", {"model": "tiny-lm", "prompt": "hi", "temperature": 9}, 400, "temperature"),
         ("/v2/models/tiny-lm/generate", {"parameters": {}}, 400, "text_input"),
         ("/v2/models/other/generate", {"text_input": "hi"}, 404, "other"),
+        ("/v2/models/tiny-lm/generate", {"text_input": "hi", "parameters": {"return_token_ids": 1}}, 400,
+         "return_token_ids"),
     ],
 )  # fmt: skip
 def test_bad_input_gets_a_4xx_naming_the_field(lm_server: Server, path: str, body: Any, status: int,

@@ -18,7 +18,9 @@ container when it fails. With Never (or OnFailure and exit 0) it stays terminate
 are, the pod phase becomes Succeeded (all exit 0) or Failed.
 
 Only allow-listed commands run: python (run with the launcher's own interpreter, so the
-project's virtualenv), kinfer, kinfer-runtime, sleep, plus names in $KINFER_LAUNCHER_ALLOW. A
+project's virtualenv), kinfer, kinfer-runtime, sleep, tritonserver (the nvidia-pytriton wheel's
+binary with its Python backend, installed by scripts/bootstrap: triton.py), plus names in
+$KINFER_LAUNCHER_ALLOW. A
 container without a command runs its image's base name when that is allowed (image
 `…/kinfer-runtime:tag` runs `kinfer-runtime`).
 

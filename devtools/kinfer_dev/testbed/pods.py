@@ -31,6 +31,8 @@ BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
 BACKOFF_RESET_AFTER_S = 60.0
 TICK_S = 0.2
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"  # the default terminationMessagePath
+MAX_TERMINATION_MESSAGE = 4096  # bytes a kubelet reads of it
 
 
 def _source_roots() -> set[str]:
@@ -324,9 +326,21 @@ class PodRunner:
         log(f"{self.key}: started {c.name} pid {c.proc.pid}: {argv}")
         self._event("Normal", "Started", f"Started container {c.name}")
 
+    def _termination_file(self, c: Container) -> Path:
+        """The host file bound at the container's terminationMessagePath (a kubelet's
+        /var/lib/kubelet/pods/UID/containers/NAME/ID file): what it wrote there is its
+        termination message."""
+        return self._pod_dir / f"{c.name}.termination-log"
+
     def _sandboxed(self, c: Container, argv: list[str]) -> list[str]:
         assert self.volumes is not None
         binds = volumes.bind_args(volumes.binds(c.spec, self.volumes))
+        # A fresh, empty message per run, as a kubelet makes one file per container instance.
+        message = self._termination_file(c)
+        message.parent.mkdir(parents=True, exist_ok=True)
+        message.write_bytes(b"")
+        path = c.spec.get("terminationMessagePath") or TERMINATION_MESSAGE_PATH
+        binds.append(f"--bind={message}:{path}")
         if c.spec.get("securityContext", {}).get("readOnlyRootFilesystem"):
             binds.append("--read-only-root")
         return [sys.executable, "-m", "kinfer_dev.testbed.sandbox", *binds, *KEEP, "--", *argv]
@@ -385,8 +399,11 @@ class PodRunner:
             "startedAt": c.started_iso,
             "finishedAt": now_iso(),
         }
-        if code != 0 and c.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
-            term["message"] = self._log_tail(c)
+        message = self._termination_message(c)
+        if not message and code != 0 and c.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            message = self._log_tail(c)
+        if message:
+            term["message"] = message
         c.proc, c.ready = None, False
         log(f"{self.key}: {c.name} exited with {code} after {ran:.1f} s")
         policy = self.pod["spec"].get("restartPolicy", "Always")
@@ -404,6 +421,17 @@ class PodRunner:
             self._event("Warning", "BackOff", f"Back-off {c.backoff_s:.0f}s restarting {c.name}")
         else:
             c.term = term
+
+    def _termination_message(self, c: Container) -> str:
+        """What the container wrote to its terminationMessagePath, at most 4096 bytes (as a
+        kubelet reads it); "" when it wrote nothing or runs without volumes (no file is bound)."""
+        if self.volumes is None:
+            return ""
+        try:
+            with self._termination_file(c).open("rb") as f:
+                return f.read(MAX_TERMINATION_MESSAGE).decode(errors="replace")
+        except OSError:
+            return ""
 
     def _log_tail(self, c: Container) -> str:
         """What a kubelet takes from the log for FallbackToLogsOnError: the last 80 lines, at

@@ -12,12 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kinfer_dev.testbed import triton
 from kinfer_dev.testbed.kube import Obj
 
 
 def allowed_names() -> set[str]:
     extra = {n for n in os.environ.get("KINFER_LAUNCHER_ALLOW", "").split(",") if n}
-    return {"python", "python3", "kinfer", "kinfer-runtime", "sleep"} | extra
+    return {"python", "python3", "kinfer", "kinfer-runtime", "sleep", "tritonserver"} | extra
 
 
 def resolve(argv: list[str]) -> list[str]:
@@ -29,6 +30,10 @@ def resolve(argv: list[str]) -> list[str]:
         return [sys.executable, *argv[1:]]
     if name not in allowed_names():
         raise ValueError(f"command {argv[0]!r} is not on the launcher's allow-list")
+    if name == "tritonserver":  # the nvidia-pytriton wheel's, through its wrapper (triton.py)
+        if not triton.installed():
+            raise ValueError(f"tritonserver is not installed ({triton.wrapper()}: scripts/bootstrap)")
+        return [str(triton.wrapper()), *argv[1:]]
     # Prefer the launcher's virtualenv (kinfer-runtime is installed there).
     venv_bin = Path(sys.executable).parent / name
     path = str(venv_bin) if venv_bin.exists() else shutil.which(name)

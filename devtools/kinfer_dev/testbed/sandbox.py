@@ -4,7 +4,8 @@ The launcher runs `ip netns exec <pod netns> python -m kinfer_dev.testbed.sandbo
 ... --keep PATH ... [--read-only-root] -- COMMAND...`. `ip netns exec` has already put this
 process into a mount namespace of its own (host mounts propagate in, ours never out), so the binds and the
 read-only root below are seen by this container alone; the host's filesystem is untouched
-except for empty directories made as mount points where none existed.
+except for empty directories (and, for a file bound on a file such as the termination log at
+/dev/termination-log, an empty file) made as mount points where none existed.
 
 The container's "image" is the host's filesystem, so a volume can hide the program itself: an
 emptyDir on /tmp hides a checkout (and its virtualenv) under /tmp. `--keep` names what the
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import stat
 import sys
 
 MS_RDONLY, MS_REMOUNT, MS_BIND = 1, 32, 4096
@@ -28,6 +30,16 @@ def _mount(source: str | None, target: str, flags: int) -> None:
     if _libc.mount(src, target.encode(), None, flags, None) != 0:
         err = ctypes.get_errno()
         sys.exit(f"sandbox: mount {source} on {target}: {os.strerror(err)}")
+
+
+def _mount_point(fd: int, dst: str) -> None:
+    """A directory to bind a directory on, an empty file to bind a file on."""
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        os.makedirs(dst, exist_ok=True)
+        return
+    os.makedirs(os.path.dirname(dst) or "/", exist_ok=True)
+    if not os.path.exists(dst):
+        os.close(os.open(dst, os.O_WRONLY | os.O_CREAT, 0o644))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,10 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     held = []
     for spec in args.bind:
         src, dst, *flags = spec.split(":")
-        held.append((os.open(src, os.O_PATH | os.O_DIRECTORY), dst, flags == ["ro"]))
+        held.append((os.open(src, os.O_PATH), dst, flags == ["ro"]))
     kept = [(os.open(p, os.O_PATH | os.O_DIRECTORY), p) for p in args.keep if os.path.isdir(p)]
     for fd, dst, ro in held:
-        os.makedirs(dst, exist_ok=True)
+        _mount_point(fd, dst)
         _mount(f"/proc/self/fd/{fd}", dst, MS_BIND)
         if ro:
             _mount(None, dst, MS_BIND | MS_REMOUNT | MS_RDONLY)

@@ -389,11 +389,14 @@ class DriftCheck(ApiModel):
     max_abs_diff: Annotated[float, Field(ge=0, le=1_000_000)] | None = None
     """Largest absolute difference allowed between the two tracks' outputs for one input, over
     every output element. Compared at the bound of the 1-2-5 series at or above it (0.003 counts
-    as 0.005). Unset: not checked."""
+    as 0.005). For a generative model (greedy answers compared token by token) any differing
+    answer fails, whatever the value. Unset: not checked."""
 
     min_argmax_agreement: Annotated[float, Field(ge=0, le=1)] | None = None
     """Smallest fraction of sampled rows whose argmax (the predicted class) is the same on both
-    tracks, for classifiers. Range 0-1. Unset: not checked."""
+    tracks, for classifiers; for a generative model, of sampled prompts whose greedy answers
+    (temperature 0, up to 32 tokens) are the same token for token. Range 0-1. Unset: not
+    checked."""
 
     min_samples: Annotated[int, Field(ge=1, le=100_000)] = 20
     """Comparisons a step needs before the drift check gives a verdict. Default 20."""

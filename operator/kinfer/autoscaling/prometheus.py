@@ -3,12 +3,15 @@
 Series carry the labels the scrape config copies from the pod: ``namespace``,
 ``kinfer_dev_isvc`` and ``kinfer_dev_track`` (stable|canary). Every query is an aggregate that
 yields at most one sample, so ``MetricsSource.scalar`` is all this needs.
+
+Triton pods (``runtime.server: triton``) export Triton's own series instead, mapped onto the
+same window by ``triton_queries``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from urllib3.util.retry import Retry
@@ -87,6 +90,35 @@ def queries(namespace: str, name: str, track: str | None = None) -> Queries:
     )
 
 
+def triton_queries(namespace: str, name: str, track: str | None = None) -> Queries:
+    """Triton's series on the autoscaler's window:
+
+    - queue depth: ``nv_inference_pending_request_count`` (requests queued in Triton's scheduler,
+      not rows, and not those executing), also the in-flight count;
+    - replicas: pods with that gauge (``count by (pod)``: one series per model and version);
+    - p95: ``nv_inference_request_summary_us`` (``--metrics-config=summary_latencies=true``),
+      quantile 0.95, the worst pod's: Triton's duration is a counter, not a histogram, and
+      quantiles of pods cannot be merged;
+    - request rate: ``nv_inference_request_success`` plus ``nv_inference_request_failure``.
+
+    Triton has no batch-shape series: the forward-fit queries (and the generative ones) keep the
+    kinfer names, which have no series on Triton pods, so they read None (no fit)."""
+    sel = selector(namespace, name, track)
+    pending = f"nv_inference_pending_request_count{{{sel}}}"
+    pods = f"count(count by (pod) ({pending}))"
+    success = f"sum(rate(nv_inference_request_success{{{sel}}}[{RATE_WINDOW}]))"
+    failure = f"(sum(rate(nv_inference_request_failure{{{sel}}}[{RATE_WINDOW}])) or vector(0))"
+    return replace(
+        queries(namespace, name, track),
+        queue_depth=f"sum({pending})",
+        ready_replicas=pods,
+        latency_replicas=f"min_over_time({pods}[{RATE_WINDOW}:{SUBQUERY_STEP}])",
+        inflight=f"sum({pending})",
+        p95_latency_ms=f'max(nv_inference_request_summary_us{{{sel},quantile="0.95"}}) / 1000',
+        request_rate=f"{success} + {failure}",
+    )
+
+
 def read_window(
     source: MetricsSource,
     namespace: str,
@@ -94,6 +126,7 @@ def read_window(
     track: str | None = None,
     *,
     now: float,
+    server: str = "kinfer",
 ) -> MetricsWindow:
     """The signals now. Never raises: Prometheus down, slow or odd gives ``available=False``.
 
@@ -101,7 +134,7 @@ def read_window(
     zero for sums and counts, None for the p95. Whether zero reporting pods is trustworthy is
     the decision's call, which knows how many replicas should be there.
     """
-    q = queries(namespace, name, track)
+    q = triton_queries(namespace, name, track) if server == "triton" else queries(namespace, name, track)
     try:
         depth = source.scalar(q.queue_depth)
         ready = source.scalar(q.ready_replicas)

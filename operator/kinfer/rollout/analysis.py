@@ -86,9 +86,13 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def queries(namespace: str, name: str, track: str, window_s: int, generative: bool = False) -> dict[str, str]:
+def queries(
+    namespace: str, name: str, track: str, window_s: int, generative: bool = False, server: str = "kinfer"
+) -> dict[str, str]:
     """The three instant queries for one track: requests, errors (5xx) and p95 seconds (of the
     time to first token when ``generative``)."""
+    if server == "triton":
+        return triton_queries(namespace, name, track, window_s)
     w = f"[{int(window_s)}s]"
     total = selector(namespace, name, track)
     errors = selector(namespace, name, track, 'code=~"5.."')
@@ -104,6 +108,24 @@ def queries(namespace: str, name: str, track: str, window_s: int, generative: bo
     }
 
 
+def triton_queries(namespace: str, name: str, track: str, window_s: int) -> dict[str, str]:
+    """The same three from Triton's series: requests are successes plus failures; errors the
+    failures of reason BACKEND (the model raised) or OTHER, not REJECTED (queue full, as kinfer's
+    429) nor CANCELED (the client gave up); the p95 the largest 0.95 quantile of
+    ``nv_inference_request_summary_us`` any pod reported in the window (summaries do not merge)."""
+    w = f"[{int(window_s)}s]"
+    total = selector(namespace, name, track)
+    errors = selector(namespace, name, track, 'reason=~"BACKEND|OTHER"')
+    p95 = selector(namespace, name, track, 'quantile="0.95"')
+    success = f"(sum(increase(nv_inference_request_success{total}{w})) or vector(0))"
+    failure = f"(sum(increase(nv_inference_request_failure{total}{w})) or vector(0))"
+    return {
+        "requests": f"{success} + {failure}",
+        "errors": f"sum(increase(nv_inference_request_failure{errors}{w}))",
+        "p95": f"max(max_over_time(nv_inference_request_summary_us{p95}{w})) / 1e6",
+    }
+
+
 def _finite(value: float | None) -> float | None:
     # histogram_quantile answers NaN on an empty window; that is "no data", not a number.
     if value is None or math.isnan(value) or math.isinf(value):
@@ -112,10 +134,16 @@ def _finite(value: float | None) -> float | None:
 
 
 def read_track(
-    source: MetricsSource, namespace: str, name: str, track: str, window_s: int, generative: bool = False
+    source: MetricsSource,
+    namespace: str,
+    name: str,
+    track: str,
+    window_s: int,
+    generative: bool = False,
+    server: str = "kinfer",
 ) -> TrackStats:
     """Stats of one track over the last ``window_s`` seconds. Raises MetricsUnavailable."""
-    q = queries(namespace, name, track, window_s, generative)
+    q = queries(namespace, name, track, window_s, generative, server)
     requests = _finite(source.scalar(q["requests"])) or 0.0
     # No 5xx series at all is the normal case: zero errors.
     errors = _finite(source.scalar(q["errors"])) or 0.0
@@ -130,11 +158,12 @@ def analyze(
     spec: api.Analysis,
     window_s: int,
     generative: bool = False,
+    server: str = "kinfer",
 ) -> Verdict:
     """Read both tracks on the same window and judge. Prometheus down is inconclusive."""
     try:
-        canary = read_track(source, namespace, name, "canary", window_s, generative)
-        stable = read_track(source, namespace, name, "stable", window_s, generative)
+        canary = read_track(source, namespace, name, "canary", window_s, generative, server)
+        stable = read_track(source, namespace, name, "stable", window_s, generative, server)
     except MetricsUnavailable as exc:
         return unavailable(str(exc) or type(exc).__name__)
     return judge(spec, canary, stable, generative)

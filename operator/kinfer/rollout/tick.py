@@ -110,11 +110,13 @@ def tick(
         # A generative canary is judged on its p95 time to first token instead of request latency.
         generative = canary.model.format == "generative"
         verdict = analysis.analyze(
-            source, meta["namespace"], meta["name"], canary.analysis, window, generative
+            source, meta["namespace"], meta["name"], canary.analysis, window, generative, spec.runtime.server
         )
         # At 100 % stable runs no pods to compare with: that step is judged on metrics alone.
         if canary.analysis.drift is not None and state is not None and state.weight < 100:
-            found = drift.analyze(source, meta["namespace"], meta["name"], canary.analysis.drift, window)
+            found = drift.analyze(
+                source, meta["namespace"], meta["name"], canary.analysis.drift, window, generative
+            )
             verdict = analysis.combine(verdict, found)
     controls = machine.parse_controls(meta.get("annotations"))
     promoted = canary is not None and stable_promoted(deployments, meta["name"], canary.model.uri)

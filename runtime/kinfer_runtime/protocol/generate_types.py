@@ -28,6 +28,7 @@ class GenerateRequest:
     stream: bool
     include_usage: bool = True
     model_version: str = ""
+    return_token_ids: bool = False  # v2 generate: answer token_ids too (the drift check asks)
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -157,8 +158,11 @@ def generate_request(doc: dict[str, Any], model: str, version: str, stream: bool
         raise InvalidInput("parameters: must be an object")
     merged = {**{k: v for k, v in doc.items() if k not in ("text_input", "parameters")}, **params_doc}
     merged.pop("stream", None)
+    token_ids = merged.pop("return_token_ids", False)
+    if not isinstance(token_ids, bool):
+        raise InvalidInput(f"return_token_ids: must be true or false, got {token_ids!r}")
     max_tokens, params = _sampling(merged, ("max_tokens",), 16)
-    return GenerateRequest("generate", model, text, (), max_tokens, params, stream, True, version)
+    return GenerateRequest("generate", model, text, (), max_tokens, params, stream, True, version, token_ids)
 
 
 # ---- answers ----
@@ -201,11 +205,18 @@ def openai_chunk(req: GenerateRequest, rid: str, created: int, text: str, finish
 
 
 def generate_body(
-    model: str, version: str, text: str, finish: str, used: dict[str, int] | None
+    model: str,
+    version: str,
+    text: str,
+    finish: str,
+    used: dict[str, int] | None,
+    token_ids: list[int] | None = None,
 ) -> dict[str, Any]:
     doc: dict[str, Any] = {"model_name": model, "model_version": version, "text_output": text}
     if finish:
         doc["finish_reason"] = finish
     if used is not None:
         doc["usage"] = used
+    if token_ids is not None:
+        doc["token_ids"] = token_ids
     return doc

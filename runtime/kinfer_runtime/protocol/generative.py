@@ -16,6 +16,7 @@ from kinfer_runtime.model import GenerativeSignature
 from kinfer_runtime.protocol.dataplane import SERVER_NAME, SERVER_VERSION, answer_headers, check_model
 from kinfer_runtime.protocol.errors import InvalidInput, NotReady
 from kinfer_runtime.protocol.generate_types import GenerateRequest
+from kinfer_runtime.scheduler import SamplingParams
 
 EXTENSIONS = ["generate", "openai"]
 
@@ -42,6 +43,10 @@ class Generation:
     def completion_tokens(self) -> int:
         return len(self.stream.seq.generated)
 
+    @property
+    def token_ids(self) -> list[int]:
+        return list(self.stream.seq.generated)
+
     async def text(self) -> AsyncIterator[str]:
         """Text pieces as they are decoded; `finish_reason` is set when this ends. Leaving
         early (the client went away) cancels the sequence."""
@@ -58,6 +63,12 @@ class Generation:
         self.stream.cancel()
 
 
+class PromptSink(Protocol):
+    """Sees each accepted prompt (`shadow.GreedyShadow`, the drift check); must not wait."""
+
+    def offer(self, prompt: str, max_tokens: int) -> None: ...
+
+
 class GenerativePlane:
     def __init__(
         self, model_name: str, model_version: str, signature: GenerativeSignature, track: str = ""
@@ -69,6 +80,7 @@ class GenerativePlane:
         self.codec: TextCodec | None = None
         self.engine: Engine | None = None
         self.draining = False
+        self.shadow: PromptSink | None = None  # canary drift check (--shadow-url)
 
     def answer_headers(self) -> list[tuple[str, str]]:
         return answer_headers(self.model_version, self.track)
@@ -137,4 +149,20 @@ class GenerativePlane:
         room = sig.context_length - len(ids)
         max_tokens = min(req.max_tokens or sig.max_new_tokens, sig.max_new_tokens, room)
         params = dataclasses.replace(req.params, max_tokens=max_tokens)
-        return Generation(self.engine.submit(ids, params), len(ids))
+        generation = Generation(self.engine.submit(ids, params), len(ids))
+        if self.shadow is not None:
+            self.shadow.offer(prompt, max_tokens)
+        return generation
+
+    async def greedy(self, prompt: str, max_tokens: int) -> list[int]:
+        """This pod's greedy answer to `prompt`, as token ids (the drift check's own side).
+        Raises like `start` when refused (overload); `max_tokens` must fit the context."""
+        if self.engine is None or self.codec is None:
+            raise NotReady(f"model '{self.model_name}' is not loaded yet")
+        stream = self.engine.submit(self.codec.encode(prompt), SamplingParams(max_tokens, temperature=0.0))
+        try:
+            async for _ in stream:
+                pass
+        finally:
+            stream.cancel()
+        return list(stream.seq.generated)

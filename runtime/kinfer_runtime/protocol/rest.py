@@ -182,7 +182,9 @@ class RestApp:
     async def serve(self, path: str, headers: dict[bytes, bytes], body: bytes) -> Response:
         """What `route_sync` left to run async: infer, or generation."""
         if path in _GENERATE_ROUTES or path.endswith(("/generate", "/generate_stream")):
-            return await self.generate(path, headers, body)
+            resp = await self.generate(path, headers, body)
+            resp.headers = self._answer_headers  # who answered, streamed or not
+            return resp
         return await self.infer(path, headers, body)
 
     async def infer(self, path: str, headers: dict[bytes, bytes], body: bytes) -> Response:
@@ -271,8 +273,9 @@ class RestApp:
             self.metrics.request_finished(code, time.perf_counter() - started, timed=False)
         used = gt.usage(gen.prompt_tokens, gen.completion_tokens)
         if api == "generate":
+            ids = gen.token_ids if req.return_token_ids else None
             return _json(200, gt.generate_body(plane.model_name, plane.model_version, text,
-                                               gen.finish_reason, used))  # fmt: skip
+                                               gen.finish_reason, used, ids))  # fmt: skip
         return _json(200, gt.openai_body(req, rid, created, text, gen.finish_reason, used))
 
     async def _events(self, req: gt.GenerateRequest, gen: Generation, rid: str, created: int,
@@ -294,8 +297,9 @@ class RestApp:
                 return
             used = gt.usage(gen.prompt_tokens, gen.completion_tokens)
             if req.api == "generate":
+                ids = gen.token_ids if req.return_token_ids else None
                 yield _sse(
-                    gt.generate_body(plane.model_name, plane.model_version, "", gen.finish_reason, used)
+                    gt.generate_body(plane.model_name, plane.model_version, "", gen.finish_reason, used, ids)
                 )
             else:
                 last = gt.openai_chunk(req, rid, created, "", gen.finish_reason, first)
@@ -560,8 +564,8 @@ class HttpConnection(asyncio.Protocol):
         keep = keep_alive and not self._server.closing
         transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncache-control: no-cache\r\n"
-            b"transfer-encoding: chunked\r\n%s\r\n"
-            % (resp.status, _REASONS.get(resp.status, b"Status"), resp.content_type,
+            b"transfer-encoding: chunked\r\n%s%s\r\n"
+            % (resp.status, _REASONS.get(resp.status, b"Status"), resp.content_type, resp.headers,
                b"" if keep else b"connection: close\r\n")
         )  # fmt: skip
         self._streaming = asyncio.current_task()

@@ -16,8 +16,9 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-from kinfer_runtime.storage import oci, sources
+from kinfer_runtime.storage import errors, oci, sources
 from kinfer_runtime.storage.errors import FetchError
 
 SIGNATURE = "signature.json"
@@ -40,6 +41,26 @@ def _cwd(path: Path) -> Iterator[None]:
         os.chdir(old)
 
 
+def _bucket(s3: sources.S3Source) -> None:
+    """Create the bucket when it does not exist yet (as `mc cp` does; the keys may lack the
+    right to, and then the store says so)."""
+    try:
+        s3.client.head_bucket(Bucket=s3.bucket)
+        return
+    except Exception as exc:
+        if sources.s3_error(s3.uri, exc).cause != errors.NOT_FOUND:
+            raise sources.s3_error(s3.uri, exc) from exc
+    region = s3.client.meta.region_name
+    where: dict[str, Any] = {}
+    if region not in (None, "us-east-1"):  # us-east-1 takes no LocationConstraint
+        where["CreateBucketConfiguration"] = {"LocationConstraint": region}
+    try:
+        s3.client.create_bucket(Bucket=s3.bucket, **where)
+    except Exception as exc:
+        raise sources.s3_error(s3.uri, exc) from exc
+    print(f"created bucket {s3.bucket}", file=sys.stderr)
+
+
 def push(model: Path, uri: str) -> str:
     """Upload the model directory; return the OCI manifest digest, or the S3 prefix."""
     files = _files(model)
@@ -52,14 +73,19 @@ def push(model: Path, uri: str) -> str:
             answer = client.push(target, files=[p.name for p in files], quiet=True, manifest_annotations=kind)
         return str(answer.headers.get("Docker-Content-Digest", ""))
     if uri.startswith("s3://"):
+        from boto3.exceptions import S3UploadFailedError
         from boto3.s3.transfer import TransferConfig
 
         s3 = sources.S3Source(uri, workers=8)
         prefix = s3.key if s3.key.endswith("/") or not s3.key else s3.key + "/"
         config = TransferConfig(multipart_threshold=SINGLE_PUT_MAX, max_concurrency=8)
+        _bucket(s3)
         for path in files:
-            s3.client.upload_file(str(path), s3.bucket, prefix + path.name,
-                                  ExtraArgs={"ChecksumAlgorithm": "SHA256"}, Config=config)  # fmt: skip
+            try:
+                s3.client.upload_file(str(path), s3.bucket, prefix + path.name,
+                                      ExtraArgs={"ChecksumAlgorithm": "SHA256"}, Config=config)  # fmt: skip
+            except S3UploadFailedError as exc:  # the store's answer is its cause
+                raise sources.s3_error(uri, exc.__cause__ or exc) from exc
         return f"s3://{s3.bucket}/{prefix}"
     raise SystemExit(f"{uri}: push takes s3:// or oci:// URIs")
 

@@ -53,7 +53,7 @@ class Source(Protocol):
 # --- S3 ---------------------------------------------------------------------------------------
 
 
-def _s3_error(uri: str, exc: Exception) -> FetchError:
+def s3_error(uri: str, exc: BaseException) -> FetchError:
     import botocore.exceptions as bex
 
     if isinstance(exc, bex.NoCredentialsError):
@@ -101,7 +101,7 @@ class S3Source:
                     head = self.client.head_object(Bucket=self.bucket, Key=self.key, ChecksumMode="ENABLED")
                     return [self._remote(os.path.basename(self.key), self.key, head["ContentLength"], head)]
                 except Exception as exc:
-                    if _s3_error(self.uri, exc).cause != errors.NOT_FOUND:
+                    if s3_error(self.uri, exc).cause != errors.NOT_FOUND:
                         raise
             prefix = self.key if self.key.endswith("/") else self.key + "/"
             found = []
@@ -119,7 +119,7 @@ class S3Source:
         except FetchError:
             raise
         except Exception as exc:
-            raise _s3_error(self.uri, exc) from exc
+            raise s3_error(self.uri, exc) from exc
         if not found:
             raise FetchError(errors.NOT_FOUND, self.uri, "no object with this key and none under this prefix")
         return found
@@ -140,7 +140,7 @@ class S3Source:
             while chunk := body.read(CHUNK):
                 yield chunk
         except Exception as exc:
-            raise _s3_error(self.uri, exc) from exc
+            raise s3_error(self.uri, exc) from exc
 
 
 # --- HTTPS ------------------------------------------------------------------------------------
