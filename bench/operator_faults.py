@@ -8,7 +8,7 @@ drift (its Service deleted) whose repair is timed:
 1. the API server restarted (SIGTERM, started again with the same arguments);
 2. etcd restarted;
 3. Prometheus stopped for --outage seconds (default 120), then started;
-4. a good canary (steps [50], stepSeconds 60) added, and the operator replica holding the Lease
+4. a good canary (steps [50, 100], stepSeconds 60) added, and the operator replica holding the Lease
    killed with SIGKILL 20 s into the step; the standby must take over, finish the step on the
    same clock and promote.
 
@@ -65,7 +65,7 @@ def service(stable: Path, canary: Path | None = None) -> dict[str, Any]:
         spec["rollout"] = {
             "canary": {
                 "model": {"uri": f"file://{canary}"},
-                "steps": [50],
+                "steps": [50, 100],
                 "stepSeconds": STEP_SECONDS,
                 "analysis": {"minRequests": 5, "maxErrorRate": 0.05, "maxP95LatencyMs": 5000},
             }
@@ -170,9 +170,8 @@ def _service_back(kube: Kube) -> Callable[[], bool]:
     return lambda: bool(kube.get(f"/api/v1/namespaces/{NAMESPACE}/services/{NAME}"))
 
 
-def _drift_repair(kube: Kube, timeout: float = 120) -> float | None:
-    """Delete the service's Service (retried until the API server takes it); seconds until the
-    operator put it back."""
+def _delete_service(kube: Kube) -> bool:
+    """Delete the service's Service (a drift), retried until the API server takes it."""
     path = f"/api/v1/namespaces/{NAMESPACE}/services/{NAME}"
 
     def delete() -> bool:
@@ -183,7 +182,12 @@ def _drift_repair(kube: Kube, timeout: float = 120) -> float | None:
                 raise
         return True
 
-    if _until(delete, 60) is None:
+    return _until(delete, 60) is not None
+
+
+def _drift_repair(kube: Kube, timeout: float = 120) -> float | None:
+    """Seconds from a deleted Service until the operator put it back."""
+    if not _delete_service(kube):
         return None
     return _until(_service_back(kube), timeout, interval=0.2)
 
@@ -238,58 +242,63 @@ def run_faults(outage: float) -> None:
         load.phase = name
         print(f"{datetime.now(UTC):%H:%M:%S} {name}", flush=True)
 
-    phase("steady")
-    time.sleep(20)
-
-    for component in ("kube-apiserver", "etcd"):
-        phase(f"{component} restart")
-        took = bed.restart_component(state, component)
-        if component == "etcd":  # the API server answers again once it sees etcd
-            _until(lambda: bool(kube.get("/api/v1/namespaces/default")), 90)
-        repairs[component] = _drift_repair(kube)
-        notes.append(f"{component} back in {took:.0f} s, drift repaired in {_s(repairs[component])}")
-        phase(f"after {component}")
+    try:
+        phase("steady")
         time.sleep(20)
 
-    phase("prometheus stopped")
-    bed.stop_component(state, "prometheus")
-    stopped = time.monotonic()
-    time.sleep(outage)
-    bed.start_component(state, "prometheus")
-    print(f"prometheus stopped for {time.monotonic() - stopped:.0f} s", flush=True)
-    repairs["prometheus"] = _drift_repair(kube)
-    metrics = _until(lambda: watcher.condition("MetricsAvailable").get("status") == "True", 120)
-    notes.append(
-        f"prometheus: drift repaired in {_s(repairs['prometheus'])}, MetricsAvailable in {_s(metrics)}"
-    )
-    phase("after prometheus")
-    time.sleep(20)
+        for component in ("kube-apiserver", "etcd"):
+            phase(f"{component} restart")
+            took = bed.restart_component(state, component)
+            if component == "etcd":  # the API server answers again once it sees etcd
+                _until(lambda: bool(kube.get("/api/v1/namespaces/default")), 90)
+            repairs[component] = _drift_repair(kube)
+            notes.append(f"{component} back in {took:.0f} s, drift repaired in {_s(repairs[component])}")
+            phase(f"after {component}")
+            time.sleep(20)
 
-    phase("canary")
-    local.kubectl(kubeconfig, "apply", "-n", NAMESPACE, "-f", "-", input=_json(service(stable, canary)))
-    stepping = _until(lambda: (watcher.status.get("canary") or {}).get("phase") == "Progressing", 300)
-    if stepping is None:
-        notes.append(f"canary never Progressing: {watcher.status.get('canary')}")
-    else:
-        time.sleep(KILL_INTO_STEP)
-        leader = _holder(kube)
-        phase(f"leader {leader} killed")
-        operators[leader].stop(signal.SIGKILL)
-        killed = time.monotonic()
-        repairs["leader"] = _drift_repair(kube)
-        other = next(i for i in operators if i != leader)
-        took_lease = _until(lambda: _holder(kube) == other, 60)
+        phase("prometheus stopped")
+        bed.stop_component(state, "prometheus")
+        stopped = time.monotonic()
+        time.sleep(outage)
+        bed.start_component(state, "prometheus")
+        print(f"prometheus stopped for {time.monotonic() - stopped:.0f} s", flush=True)
+        repairs["prometheus"] = _drift_repair(kube)
+        metrics = _until(lambda: watcher.condition("MetricsAvailable").get("status") == "True", 120)
         notes.append(
-            f"leader killed {KILL_INTO_STEP} s into the step: {other} held the Lease after "
-            f"{_s(took_lease)}, drift repaired {_s(repairs['leader'])} after the kill"
+            f"prometheus: drift repaired in {_s(repairs['prometheus'])}, MetricsAvailable in {_s(metrics)}"
         )
-        operators[leader] = operator(leader)  # its Deployment would start it again: a standby
-        _until(lambda: (watcher.status.get("canary") or {}).get("handedOver") is True, 420)
-        canary_state = watcher.status.get("canary") or {}
-        notes.append(
-            f"canary {canary_state.get('phase')}, handedOver={canary_state.get('handedOver')}, "
-            f"{time.monotonic() - killed:.0f} s after the kill"
-        )
+        phase("after prometheus")
+        time.sleep(20)
+
+        phase("canary")
+        local.kubectl(kubeconfig, "apply", "-n", NAMESPACE, "-f", "-", input=_json(service(stable, canary)))
+        stepping = _until(lambda: (watcher.status.get("canary") or {}).get("phase") == "Progressing", 300)
+        if stepping is None:
+            notes.append(f"canary never Progressing: {watcher.status.get('canary')}")
+        else:
+            time.sleep(KILL_INTO_STEP)
+            leader = _holder(kube)
+            phase(f"leader {leader} killed")
+            operators[leader].stop(signal.SIGKILL)
+            killed = time.monotonic()
+            _delete_service(kube)  # at once: the drift waits for the new leader
+            other = next(i for i in operators if i != leader)
+            took_lease = _until(lambda: _holder(kube) == other, 60, interval=0.2)
+            back = _until(_service_back(kube), 120, interval=0.2)
+            repairs["leader"] = None if back is None else time.monotonic() - killed
+            notes.append(
+                f"leader killed {KILL_INTO_STEP} s into the step: {other} held the Lease after "
+                f"{_s(took_lease)}, drift repaired {_s(repairs['leader'])} after the kill"
+            )
+            operators[leader] = operator(leader)  # its Deployment would start it again: a standby
+            _until(lambda: (watcher.status.get("canary") or {}).get("handedOver") is True, 420)
+            canary_state = watcher.status.get("canary") or {}
+            notes.append(
+                f"canary {canary_state.get('phase')}, handedOver={canary_state.get('handedOver')}, "
+                f"{time.monotonic() - killed:.0f} s after the kill"
+            )
+    except Exception as exc:  # the figures so far are still worth printing
+        notes.append(f"run stopped in phase {load.phase!r}: {exc!r}")
     phase("after canary")
     time.sleep(20)
     load.stop.set()

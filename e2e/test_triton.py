@@ -289,3 +289,44 @@ def test_a_failing_triton_canary_is_rolled_back_on_tritons_error_rate(
     assert "error rate" in rollback["message"], rollback["message"]
     cond = setup.condition(namespace, "ranker", "RolloutSucceeded")
     assert (cond["status"], cond["reason"]) == ("False", "RolledBack")
+
+
+def test_load_scales_a_triton_service_up_and_back_down_on_tritons_metrics(
+    setup: Setup, namespace: str, wait_for: Any, models: Path
+) -> None:
+    # A p95 target below what Triton reports under load: the latency term wants the maximum.
+    scaling = {
+        "minReplicas": 1,
+        "maxReplicas": 2,
+        "targets": {"queueDepthPerReplica": 4, "p95LatencyMs": 1},
+        "scaleDownStabilizationSeconds": 20,
+    }
+    isvc = setup.apply(namespace, _service("tscale", make_model(models / "mlp"), scaling))
+    setup.wait_ready(wait_for, namespace, isvc, timeout=300)
+    service = setup.get(namespace, f"service/{isvc}")
+    http = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "http")
+
+    def replicas() -> int:
+        return int(setup.get(namespace, f"deployment/{isvc}")["spec"]["replicas"])
+
+    load = subprocess.Popen(
+        ["ip", "netns", "exec", "kinfer-services", sys.executable, "-c", _LOAD,
+         service["spec"]["clusterIP"], str(http), isvc, "120"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: replicas() == 2, 120,
+            describe=lambda: "scaled up to 2 on Triton's p95\n" + setup.why(namespace, f"kisvc/{isvc}"),
+            interval=1,
+        )  # fmt: skip
+        reason = setup.get(namespace, f"kisvc/{isvc}")["status"]["lastScaleReason"]
+        assert "p95 latency" in reason, reason
+    finally:
+        load.kill()
+        load.communicate()
+    wait_for(
+        lambda: replicas() == 1, 180,
+        describe=lambda: "back to 1 once the load stopped\n" + setup.why(namespace, f"kisvc/{isvc}"),
+        interval=1,
+    )  # fmt: skip

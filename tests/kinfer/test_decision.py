@@ -288,6 +288,20 @@ def test_prometheus_down_holds_and_says_so() -> None:
     assert d.metrics_available
 
 
+def test_no_scale_down_right_after_metrics_return() -> None:
+    # Prometheus down for two minutes under steady load (the fault run found this): its first
+    # windows back hold a rate from a sample or two and say half the load. The down window
+    # counts from the return: the count holds, and the true rate is back before it ends.
+    spec = Scaling(min_replicas=1, max_replicas=2, scale_down_stabilization_seconds=30)
+    a = Autoscaler(spec, replicas=2)
+    a.expect_decision(Load(queue=8, ready=2), now=T0, want=2)
+    for t in range(10, 130, 10):
+        a.expect_decision(MetricsWindow.unavailable(T0 + t, "down"), now=T0 + t, want=2)
+    for t in range(130, 155, 5):
+        a.expect_decision(Load(queue=0, ready=2, rate=0.0), now=T0 + t, want=2, reason="steady")
+    a.expect_decision(Load(queue=8, ready=2), now=T0 + 160, want=2)
+
+
 def test_stale_window_holds() -> None:
     a = Autoscaler(replicas=4)
     d = a.expect_decision(Load(queue=0, ready=4).at(T0), now=T0 + 5 * MIN, want=4)

@@ -366,3 +366,16 @@ def test_kinfer_pods_keep_metrics_on_the_http_port() -> None:
     server = _container(_by_kind(objects, "Deployment")[0])
     assert [p["name"] for p in server["ports"]] == ["http", "grpc"]
     assert _by_kind(objects, "ServiceMonitor")[0]["spec"]["endpoints"][0]["port"] == "http"
+
+
+def test_a_triton_hpa_scales_on_tritons_series_as_the_adapter_names_them() -> None:
+    isvc = load(ROOT / "examples" / "gpu-hpa.yaml")
+    kinfer_names = [
+        m["pods"]["metric"]["name"]
+        for m in _by_kind(render(isvc, FULL), "HorizontalPodAutoscaler")[0]["spec"]["metrics"]
+    ]
+    assert kinfer_names == ["kinfer_queue_depth", "kinfer_request_p95_seconds"]
+    isvc["spec"]["runtime"] = {"server": "triton"}
+    (hpa,) = _by_kind(render(isvc, FULL), "HorizontalPodAutoscaler")
+    names = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]]
+    assert names == ["nv_inference_pending_request_count", "triton_request_p95_seconds"]

@@ -164,3 +164,14 @@ def test_greedy_queries_read_the_first_difference_histogram() -> None:
     assert (
         q["first_difference_sum"] == f"sum(increase(kinfer_shadow_first_difference_token_sum{{{sel}}}[60s]))"
     )
+
+
+def test_extrapolated_agreement_above_all_rows_reads_as_all() -> None:
+    # increase() extrapolates each counter on its own (the test bed showed 100.4%).
+    assert DriftStats(30.2, 30.1, 30.22, 0, 0).agreement == 1.0
+
+
+@pytest.mark.parametrize("agree", [29.9, 30.3])
+def test_greedy_answers_none_differing_are_all_identical_whatever_the_extrapolation(agree: float) -> None:
+    verdict = judge(api.DriftCheck(min_argmax_agreement=1.0), DriftStats(30.2, 30.1, agree, 0, 0), True)
+    assert verdict.passed and "100.0% identical" in verdict.message

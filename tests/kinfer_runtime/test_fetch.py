@@ -219,3 +219,22 @@ def test_the_fetch_report_becomes_runtime_metrics() -> None:
     assert 'kinfer_model_download_bytes_total{model="ranker"} 1234.0' in text
     assert 'kinfer_model_download_seconds{model="ranker"} 2.5' in text
     assert 'kinfer_model_load_seconds{model="ranker"} 1.5' in text
+
+
+def test_a_cold_fetch_through_the_cache_opens_and_lists_the_source_once(tmp_path: Path) -> None:
+    src = FakeSource(model_files())
+    listed, opened = [], []
+
+    class Counting(FakeSource):
+        def objects(self) -> list[Remote]:
+            listed.append(1)
+            return src.objects()
+
+    def counting_opener(uri: str, sha256: str, workers: int) -> Source:
+        opened.append(uri)
+        return Counting(src.files)
+
+    cache = NodeCache(tmp_path / "cache", 1 << 30)
+    report = fetch_mod.fetch(URI, tmp_path / "a", cache, opener=counting_opener)
+    assert not report.cache_hit and report.key  # the key and the download, from one listing
+    assert (len(opened), len(listed)) == (1, 1)

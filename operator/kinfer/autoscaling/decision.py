@@ -474,9 +474,13 @@ def decide(spec: Scaling, window: MetricsWindow, state: ScalingState, now: float
 
     problem = usable(window, now, current)
     if problem:
-        # Fail-static: hold (within the spec's bounds, which are not metrics), keep the state.
+        # Fail-static: hold (within the spec's bounds, which are not metrics). The hold is this
+        # tick's recommendation: a fall must then hold a full down window of usable metrics
+        # after they return (the first windows after an outage have rates from a sample or two).
         held = min(max(current, spec.min_replicas), spec.max_replicas)
         terms.append(Term("metrics", False, problem))
+        horizon = max(spec.scale_up_stabilization_seconds, spec.scale_down_stabilization_seconds)
+        state = replace(state, recommendations=record(state.recommendations, now, held, horizon))
         return _finish(held, f"holding {held}: {problem}", state, now, terms, available=False)
 
     terms.append(Term("metrics", True, f"sampled {window.age(now):.0f}s ago"))

@@ -34,6 +34,12 @@ DRAIN_SECONDS = 5
 GRACE_SECONDS = 45
 # Startup probe failures allowed (every 2 s) while a generative model loads: 20 minutes.
 STARTUP_FAILURES_GENERATIVE = 600
+# The Pods metrics the HPA scales on (mode hpa), as prometheus-adapter names them from each
+# server's series (docs/autoscaling.md has both rule sets).
+HPA_METRICS = {
+    "kinfer": {"queue": "kinfer_queue_depth", "p95": "kinfer_request_p95_seconds"},
+    "triton": {"queue": "nv_inference_pending_request_count", "p95": "triton_request_p95_seconds"},
+}
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -475,6 +481,7 @@ def render(isvc: dict[str, Any], config: OperatorConfig) -> list[dict[str, Any]]
                 scaling=spec.scaling,
                 queue_target=_quantity(spec.scaling.targets.queue_depth_per_replica),
                 latency_target=f"{spec.scaling.targets.p95_latency_ms}m",
+                hpa_metrics=HPA_METRICS[spec.runtime.server],
             )
         )
     if routed:

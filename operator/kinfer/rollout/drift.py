@@ -64,7 +64,9 @@ class DriftStats:
 
     @property
     def agreement(self) -> float | None:
-        return self.argmax_agree / self.rows if self.rows >= HALF_A_SAMPLE else None
+        # increase() extrapolates each counter on its own: agree can come out a little above rows
+        # (100.4% seen on the test bed). More than all of them agreeing means all of them.
+        return min(1.0, self.argmax_agree / self.rows) if self.rows >= HALF_A_SAMPLE else None
 
 
 def queries(namespace: str, name: str, window_s: int, limit: float) -> dict[str, str]:
@@ -137,8 +139,10 @@ def judge(spec: api.DriftCheck, stats: DriftStats, generative: bool = False) -> 
 
 
 def _judge_greedy(spec: api.DriftCheck, stats: DriftStats, errors: str) -> Verdict:
-    same = stats.agreement
-    shown = "n/a" if same is None else f"{same * 100:.1f}%"
+    # The share identical from the differing count: with none differing it is exactly 100 %,
+    # where agree / rows, two counters extrapolated apart, can read 99.6 %.
+    same = 1.0 if stats.differing < HALF_A_SAMPLE else max(0.0, 1 - stats.differing / stats.samples)
+    shown = f"{same * 100:.1f}%"
     where = stats.first_difference
     first = "" if where is None else f", the first differing token at position {where:.1f} on average"
     numbers = (
@@ -151,7 +155,7 @@ def _judge_greedy(spec: api.DriftCheck, stats: DriftStats, errors: str) -> Verdi
             f"stable's token by token (maxAbsDiff set: any difference fails); {numbers}",
             failed_metric=OUTPUT_DRIFT,
         )
-    if spec.min_argmax_agreement is not None and same is not None and same < spec.min_argmax_agreement:
+    if spec.min_argmax_agreement is not None and same < spec.min_argmax_agreement:
         return Verdict(
             "failed",
             f"output drift: greedy answers identical to stable's for {shown} of prompts < "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from kinfer_runtime.storage import errors, oci, sources
 from kinfer_runtime.storage.cache import NodeCache, link_tree
@@ -107,21 +109,51 @@ def _download_all(source: Source, objects: list[Remote], into: Path, workers: in
 Opener = Callable[[str, str, int], Source]
 
 
-def _stage(uri: str, sha256: str, staging: Path, workers: int, opener: Opener) -> tuple[int, float]:
-    """Download uri into staging/model; (bytes, seconds)."""
+class _Named:
+    """What uri names, asked of the store once (the cache key and the download both need it;
+    each client costs about 0.1 s of CPU to make, each listing a round trip per file)."""
+
+    def __init__(self, uri: str, sha256: str, workers: int, opener: Opener) -> None:
+        self.uri, self.sha256, self.workers, self.opener = uri, sha256, workers, opener
+
+    @functools.cached_property
+    def manifest(self) -> tuple[Any, oci.Reference, dict[str, Any], str]:
+        return oci.manifest(self.uri)
+
+    @functools.cached_property
+    def source(self) -> Source:
+        return self.opener(self.uri, self.sha256, self.workers)
+
+    @functools.cached_property
+    def objects(self) -> list[Remote]:
+        return self.source.objects()
+
+    def key(self) -> str:
+        """The cache key of what uri names now, or "" when its content cannot be named."""
+        if self.uri.startswith("oci://"):
+            return "oci-" + self.manifest[3].removeprefix("sha256:")
+        if self.sha256:
+            return "sha256-" + self.sha256
+        if any(not o.version for o in self.objects):
+            return ""  # no ETag: a changed file could not be told apart
+        return _key(self.uri.split(":", 1)[0], sources.describe(self.objects))
+
+
+def _stage(named: _Named, staging: Path) -> tuple[int, float]:
+    """Download what named names into staging/model; (bytes, seconds)."""
     t0 = time.monotonic()
     model = staging / "model"
     model.mkdir()
+    uri, workers = named.uri, named.workers
     if uri.startswith("oci://"):
-        c, ref, doc, _ = oci.manifest(uri)
+        c, ref, doc, _ = named.manifest
         total = sum(int(layer.get("size", 0)) for layer in doc["layers"])
         progress = Progress(uri, total)
         oci.fetch_layers(uri, doc["layers"], c, ref, model, workers, progress)
         progress.report(force=True)
         return progress.done, time.monotonic() - t0
-    source = opener(uri, sha256, workers)
-    objects = source.objects()
-    done = _download_all(source, objects, model, workers)
+    objects = named.objects
+    done = _download_all(named.source, objects, model, workers)
     if len(objects) == 1 and objects[0].path.endswith(ARCHIVES):
         _unpack(model / objects[0].path, model, uri)
     return done, time.monotonic() - t0
@@ -137,15 +169,7 @@ def open_source(uri: str, sha256: str, workers: int) -> Source:
 
 def content_key(uri: str, sha256: str, workers: int, opener: Opener | None = None) -> str:
     """The cache key of what uri names now, or "" when its content cannot be named."""
-    opener = opener or open_source
-    if uri.startswith("oci://"):
-        return "oci-" + oci.manifest(uri)[3].removeprefix("sha256:")
-    if sha256:
-        return "sha256-" + sha256
-    objects = opener(uri, sha256, workers).objects()
-    if any(not o.version for o in objects):
-        return ""  # no ETag: a changed file could not be told apart
-    return _key(uri.split(":", 1)[0], sources.describe(objects))
+    return _Named(uri, sha256, workers, opener or open_source).key()
 
 
 def _clear(directory: Path) -> None:
@@ -166,10 +190,10 @@ def fetch(
     opener: Opener | None = None,
 ) -> Report:
     """Make dest hold the model uri names (see the module doc)."""
-    opener = opener or open_source
+    named = _Named(uri, sha256, workers, opener or open_source)
     t0 = time.monotonic()
     _clear(dest)
-    key = content_key(uri, sha256, workers, opener) if cache is not None else ""
+    key = named.key() if cache is not None else ""
     if cache is not None and key:
         with cache.lookup(key) as entry:
             if entry is not None:
@@ -180,7 +204,7 @@ def fetch(
     staging = cache.staging() if cache is not None else dest / ".kinfer-partial"
     staging.mkdir(parents=True, exist_ok=True)
     try:
-        done, took = _stage(uri, sha256, staging, workers, opener)
+        done, took = _stage(named, staging)
         model = staging / "model"
         entry = cache.add(key, model) if cache is not None and key else None
         if entry is not None:
