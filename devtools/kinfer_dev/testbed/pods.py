@@ -515,8 +515,10 @@ class PodRunner:
             time.sleep(0.05)
         for c in running:
             self._kill(c, 0)
-            if c.proc is not None:
-                c.proc = None
+            c.proc = None
+        # Every record goes, also that of a container which exited before its exit was ticked (a
+        # crash-looping server): a record left behind names a dead PID.
+        for c in self._all():
             self._proc_file(c).unlink(missing_ok=True)
 
     def _kill(self, c: Container, grace: float) -> None:
