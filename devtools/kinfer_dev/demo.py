@@ -315,8 +315,11 @@ def _stream_chat(gateway_url: str, host: str, body: dict[str, Any], echo: Echo) 
         track = resp.getheader("kinfer-track", "-")
         echo(f"{resp.status} {resp.getheader('content-type')} (kinfer-track: {track})")
         pieces, text = 0, ""
+        first_lines: list[str] = []
         for raw in resp:
             line = raw.decode().strip()
+            if len(first_lines) < 6:
+                first_lines.append(line)
             if not line.startswith("data: "):
                 continue
             if line == "data: [DONE]":
@@ -332,6 +335,8 @@ def _stream_chat(gateway_url: str, host: str, body: dict[str, Any], echo: Echo) 
                 used = chunk.get("usage") or {}
                 echo(f"  {time.monotonic() - started:6.3f} s  finish_reason {choice['finish_reason']}, "
                      f"{used.get('completion_tokens', '?')} tokens")  # fmt: skip
+        if pieces == 0:  # say what did come, so a stream without text can be diagnosed
+            echo(f"  the stream carried no text; its first lines were: {first_lines!r}")
         return 200, pieces, repr(text)
     except (OSError, http.client.HTTPException, ValueError, KeyError) as e:
         return 0, 0, f"{type(e).__name__}: {e}"
