@@ -136,6 +136,62 @@ def test_a_triton_service_is_ready_on_a_gpu_node_and_answers_tritonclient_as_in_
     np.testing.assert_allclose(np.array(got["grpc"], np.float32), want, rtol=1e-5, atol=1e-6)
 
 
+# Runs inside the services namespace: every bad-input case of kinfer-runtime's own tests
+# (tests/kinfer_runtime/v2_cases.py), sent as it is; each answer's status beside kinfer's.
+_CASES_CLIENT = textwrap.dedent(
+    """
+    import json, sys
+    from tests.kinfer_runtime.v2_cases import CASES, GRPC_CASES, grpc_infer, request
+    http_target, grpc_target = sys.argv[1:3]
+    got = {}
+    for case, method, path, body, headers, status, _ in CASES:
+        answer, payload = request(http_target, method, path, body, headers)
+        got[case] = {"kinfer": status, "triton": answer, "said": payload.decode(errors="replace")[:160]}
+    for case, mutate, code, _ in GRPC_CASES:
+        answer, details = grpc_infer(grpc_target, mutate)
+        got[case] = {"kinfer": code.name, "triton": answer.name, "said": details[:160]}
+    print(json.dumps(got))
+    """
+)
+
+# Where the v2 protocol lets Triton 2.51 answer otherwise (docs/runtime.md, "What differs between
+# the two servers"): case -> Triton's status. Every other case must get kinfer's status.
+# A body Triton's JSON reader refuses: 500 "Unable to parse '<field>': …" (kinfer: 400).
+_TRITON_PARSE_ERRORS = ["malformed-json", "not-an-object", "no-inputs", "count-mismatch", "not-numbers",
+                        "null-in-data", "numeric-string", "boolean-in-data", "negative-dim", "bad-timeout",
+                        "id-not-string"]  # fmt: skip
+TRITON_DIFFERS: dict[str, int | str] = {
+    **dict.fromkeys(_TRITON_PARSE_ERRORS, 500),
+    "fp32-overflow": 200,  # answered, NaN out
+    "output-twice": 200,  # answered once
+    "grpc-extra-raw-contents": "OK",  # an extra empty raw_input_contents entry is ignored
+}
+
+
+def test_kinfer_runtimes_bad_input_cases_get_the_same_status_from_triton_but_the_listed_differences(
+    setup: Setup, namespace: str, wait_for: Any, models: Path
+) -> None:
+    # named mlp, as the cases' paths and gRPC requests ask for
+    isvc = setup.apply(namespace, _service("mlp", make_model(models / "mlp")))
+    setup.wait_ready(wait_for, namespace, isvc, timeout=300)
+    service = setup.get(namespace, f"service/{isvc}")
+    ip, ports = service["spec"]["clusterIP"], {p["name"]: p["port"] for p in service["spec"]["ports"]}
+
+    def ask() -> dict[str, Any] | None:
+        out = subprocess.run(
+            ["ip", "netns", "exec", "kinfer-services", sys.executable, "-c", _CASES_CLIENT,
+             f"{ip}:{ports['http']}", f"{ip}:{ports['grpc']}"],
+            capture_output=True, text=True, timeout=180, cwd=Path(__file__).resolve().parents[1],
+        )  # fmt: skip
+        return json.loads(out.stdout) if out.returncode == 0 else None
+
+    got = wait_for(ask, 60, describe=lambda: setup.why(namespace, f"service/{isvc}"))
+    print(json.dumps(got, indent=1))  # shown with -rP: Triton's own words
+    want = {case: TRITON_DIFFERS.get(case, answer["kinfer"]) for case, answer in got.items()}
+    assert {case: answer["triton"] for case, answer in got.items()} == want
+    assert set(TRITON_DIFFERS) <= set(got)
+
+
 def test_a_model_triton_cannot_load_and_a_disagreeing_config_end_in_conditions_saying_why(
     setup: Setup, namespace: str, wait_for: Any, models: Path
 ) -> None:
