@@ -31,6 +31,9 @@ BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
 BACKOFF_RESET_AFTER_S = 60.0
 TICK_S = 0.2
+SERVICES_REFRESH_S = 3.0
+"""How often a pod's Services are listed again: like cluster DNS, a pod resolves a Service
+created after it started (an operator's retry can create one after the pod)."""
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"  # the default terminationMessagePath
 MAX_TERMINATION_MESSAGE = 4096  # bytes a kubelet reads of it
 
@@ -110,6 +113,7 @@ class PodRunner:
     grace_s: float = 30.0
     finalize: bool = False  # delete the pod object once the processes are gone
     netns: str | None = None
+    _services_due: float = 0.0  # when the pod's Services are listed again (SERVICES_REFRESH_S)
     thread: threading.Thread | None = None
     conditions: dict[str, tuple[bool, str]] = field(default_factory=dict)
     last_patch: str = ""
@@ -149,6 +153,8 @@ class PodRunner:
                 else:
                     self._tick_init(now)
                 self._patch()
+                if self.netns and now >= self._services_due:
+                    self._refresh_services(self.netns)
                 self.stop_event.wait(TICK_S)
             self._terminate()
         except Exception as e:  # keep the launcher alive; the pod shows what happened
@@ -264,8 +270,17 @@ class PodRunner:
         # hosts_file and tcp_ports skip headless and ExternalName Services themselves.
         listed = self.kube.get(f"/api/v1/namespaces/{ns}/services")["items"]
         network.write_hosts(netns, services.hosts_file(self.pod, listed, socket.gethostname()))
+        self._services_due = time.monotonic() + SERVICES_REFRESH_S
         if self.proxy is not None:
             self.proxy.ensure(services.tcp_ports(listed))
+
+    def _refresh_services(self, netns: str) -> None:
+        """Wire Services again; an API server that does not answer keeps the last view."""
+        try:
+            self._wire_services(netns)
+        except (KubeError, OSError) as e:
+            self._services_due = time.monotonic() + SERVICES_REFRESH_S
+            log(f"{self.key}: Services not refreshed: {e!r}")
 
     def _argv(self, c: Container) -> list[str]:
         spec = c.spec
