@@ -33,10 +33,10 @@ relays (relay.py). No kubeconfig reaches them: the token is all they have. Other
 servers) see the host's filesystem, so `file://` models under /tmp work.
 
 Every pod in a network namespace reaches the Services of its own namespace (listed when it
-starts and every 3 s after, as cluster DNS would see a new one), by name and ClusterIP (services.py): the names are in its /etc/hosts, and the service
-range is routed to the test bed's service namespace (network.py), where a relay per Service
-port sends each connection to a ready endpoint read from the EndpointSlices (at most once a
-second per Service).
+starts and every 3 s after, as cluster DNS would see a new one), by name and ClusterIP
+(services.py): the names are in its /etc/hosts, and the service range is routed to the test
+bed's service namespace (network.py), where a relay per Service port sends each connection to a
+ready endpoint read from the EndpointSlices (at most once a second per Service).
 """
 
 from __future__ import annotations
