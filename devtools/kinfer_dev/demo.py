@@ -297,7 +297,28 @@ def stream_llm(kubeconfig: Path, gateway_url: str, work: Path, echo: Echo, timeo
         echo(f"kinfer demo: POST {url} (Host: {host}) answered {status}: {said}")
         return False
     echo(f"kinfer demo: {pieces} pieces streamed; the whole answer, as a client joins them: {said}")
+    if pieces == 0:
+        _stream_evidence(kubeconfig, work.parent, name, echo)
+        return False
     return True
+
+
+def _stream_evidence(kubeconfig: Path, state: Path, name: str, echo: Echo) -> None:
+    """After a 200 stream that carried no text: what the pods, their events, the runtime's log
+    and the gateway's log said, so one failed run is enough to tell where the stream ended."""
+    echo("\nkinfer demo: the stream ended before any text. What the test bed saw:")
+    for args in (("get", "pods", "-n", NAMESPACE, "-l", f"kinfer.dev/isvc={name}", "-o", "wide"),
+                 ("get", "events", "-n", NAMESPACE, "--sort-by=.lastTimestamp")):  # fmt: skip
+        echo(f"$ kubectl {' '.join(args)}")
+        echo(_last_lines(local.kubectl(kubeconfig, *args, check=False).stdout, 20))
+    logs = [*sorted((state / "pods").glob(f"{NAMESPACE}_{name}-*/*.log")), state / "logs" / "gateway.log"]
+    for log in logs:
+        echo(f"--- the last lines of {log}")
+        echo(_last_lines(log.read_text(errors="replace") if log.is_file() else "(no such file)", 25))
+
+
+def _last_lines(text: str, n: int) -> str:
+    return "\n".join(text.rstrip().splitlines()[-n:])
 
 
 def _stream_chat(gateway_url: str, host: str, body: dict[str, Any], echo: Echo) -> tuple[int, int, str]:
