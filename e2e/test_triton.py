@@ -84,14 +84,18 @@ def models() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def _service(name: str, model: Path, scaling: dict[str, Any] | None = None) -> dict[str, Any]:
+def _service(name: str, model: Path, scaling: dict[str, Any] | None = None,
+             batching: dict[str, int] | None = None) -> dict[str, Any]:  # fmt: skip
     return {
         "apiVersion": "kinfer.dev/v1alpha1",
         "kind": "InferenceService",
         "metadata": {"name": name},
         "spec": {
             "model": {"uri": f"file://{model}"},
-            "runtime": {"server": "triton", "batching": {"maxBatchSize": 8, "maxDelayMs": 2, "maxQueue": 64}},
+            "runtime": {
+                "server": "triton",
+                "batching": batching or {"maxBatchSize": 8, "maxDelayMs": 2, "maxQueue": 64},
+            },
             "resources": {"cpu": "100m", "memory": "1Gi", "gpu": 1},
             "scaling": scaling or {"mode": "fixed", "minReplicas": 1},
         },
@@ -190,6 +194,45 @@ def test_kinfer_runtimes_bad_input_cases_get_the_same_status_from_triton_but_the
     want = {case: TRITON_DIFFERS.get(case, answer["kinfer"]) for case, answer in got.items()}
     assert {case: answer["triton"] for case, answer in got.items()} == want
     assert set(TRITON_DIFFERS) <= set(got)
+
+
+REPO = Path(__file__).resolve().parents[1]
+# tests/kinfer_runtime/test_conformance.py, every test not marked in_process: 3 modes of health
+# and metadata, 3 x 3 of mlp against torch, binary outputs by default, versions, typed gRPC.
+CONFORMANCE_TESTS = 15
+
+
+def test_kinfer_runtimes_conformance_tests_pass_against_triton_through_its_service(
+    setup: Setup, namespace: str, wait_for: Any, models: Path
+) -> None:
+    root = models / "conformance"
+    make = "import sys; from pathlib import Path; from tests.kinfer_runtime.models import make_mlp; " \
+        "make_mlp(Path(sys.argv[1]))"  # fmt: skip
+    subprocess.run([sys.executable, "-W", "ignore::FutureWarning", "-c", make, str(root / "mlp")],
+                   check=True, cwd=REPO, timeout=300)  # fmt: skip
+    # maxBatchSize as the model's signature says: the conformance tests read it from the config
+    batching = {"maxBatchSize": 32, "maxDelayMs": 2}
+    isvc = setup.apply(namespace, _service("mlp", root / "mlp", batching=batching))
+    setup.wait_ready(wait_for, namespace, isvc, timeout=300)
+    service = setup.get(namespace, f"service/{isvc}")
+    ip, ports = service["spec"]["clusterIP"], {p["name"]: p["port"] for p in service["spec"]["ports"]}
+    env = {**os.environ, "KINFER_V2_TARGET": f"{ip}:{ports['http']},{ip}:{ports['grpc']},triton",
+           "KINFER_V2_MODEL_ROOT": str(root)}  # fmt: skip
+    argv = ["ip", "netns", "exec", "kinfer-services", sys.executable, "-m", "pytest", "-q", "-p",
+            "no:cacheprovider", "-m", "not in_process",
+            "tests/kinfer_runtime/test_conformance.py"]  # fmt: skip
+
+    def run() -> subprocess.CompletedProcess[str] | None:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+        # a refused connection (the route to the new pod not there yet) is tried again
+        return None if out.returncode != 0 and "failed to connect" in out.stdout.lower() else out
+
+    out = wait_for(run, 60, describe=lambda: setup.why(namespace, f"service/{isvc}"))
+    print(out.stdout)
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", out.stdout)
+    assert passed and int(passed.group(1)) == CONFORMANCE_TESTS, out.stdout[-2000:]
+    assert not re.search(r"\d+ (failed|skipped|error)", out.stdout), out.stdout[-2000:]
 
 
 def test_a_model_triton_cannot_load_and_a_disagreeing_config_end_in_conditions_saying_why(

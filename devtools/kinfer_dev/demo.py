@@ -357,7 +357,8 @@ def _stream_chat(gateway_url: str, host: str, body: dict[str, Any], echo: Echo) 
                 echo(f"  {time.monotonic() - started:6.3f} s  finish_reason {choice['finish_reason']}, "
                      f"{used.get('completion_tokens', '?')} tokens")  # fmt: skip
         if pieces == 0:  # say what did come, so a stream without text can be diagnosed
-            echo(f"  the stream carried no text; its first lines were: {first_lines!r}")
+            echo(f"  the stream carried no text in {time.monotonic() - started:.1f} s; "
+                 f"its first lines were: {first_lines!r}")  # fmt: skip
         return 200, pieces, repr(text)
     except (OSError, http.client.HTTPException, ValueError, KeyError) as e:
         return 0, 0, f"{type(e).__name__}: {e}"

@@ -1,7 +1,13 @@
-"""Fixtures: tiny models in a temp dir and real `kinfer-runtime` processes on 127.0.0.1."""
+"""Fixtures: tiny models in a temp dir and real `kinfer-runtime` processes on 127.0.0.1.
+
+With KINFER_V2_TARGET set (`HTTP_HOST:PORT,GRPC_HOST:PORT,SERVER_NAME`), `mlp_server` is that
+server instead and `model_root` is KINFER_V2_MODEL_ROOT: e2e/test_triton.py runs the conformance
+tests not marked `in_process` against Triton through its Service this way.
+"""
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,11 +15,15 @@ from pathlib import Path
 import pytest
 
 from tests.kinfer_runtime import models
-from tests.kinfer_runtime.server_proc import Server, start_server
+from tests.kinfer_runtime.server_proc import Remote, Server, start_server
+
+TARGET = os.environ.get("KINFER_V2_TARGET", "")
 
 
 @pytest.fixture(scope="session")
 def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if TARGET:
+        return Path(os.environ["KINFER_V2_MODEL_ROOT"])
     root = tmp_path_factory.mktemp("models")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated
@@ -36,8 +46,18 @@ def _session_server(model_root: Path, logs_dir: Path, name: str, *args: str) -> 
 
 
 @pytest.fixture(scope="session")
-def mlp_server(model_root: Path, logs_dir: Path) -> Iterator[Server]:
+def mlp_server(model_root: Path, logs_dir: Path) -> Iterator[Server | Remote]:
+    if TARGET:
+        http, grpc, _ = TARGET.split(",")
+        yield Remote(http, grpc)
+        return
     yield from _session_server(model_root, logs_dir, "mlp", "--max-delay-ms", "2")
+
+
+@pytest.fixture(scope="session")
+def server_name() -> str:
+    """What the server calls itself in its metadata: kinfer, or the KINFER_V2_TARGET's."""
+    return TARGET.split(",")[2] if TARGET else "kinfer"
 
 
 @pytest.fixture(scope="session")

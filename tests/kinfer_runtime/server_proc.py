@@ -41,6 +41,14 @@ class Server:
         return self.proc.wait(timeout)
 
 
+@dataclass(frozen=True)
+class Remote:
+    """A v2 server the tests did not start (Triton on the test bed): addresses only."""
+
+    http: str
+    grpc: str
+
+
 def start_server(
     model_dir: Path, tmp: Path, *args: str, env: dict[str, str] | None = None,
     wait_ready: bool = True, timeout: float = 90,
