@@ -197,15 +197,14 @@ def test_kinfer_runtimes_bad_input_cases_get_the_same_status_from_triton_but_the
 
 
 REPO = Path(__file__).resolve().parents[1]
-# tests/kinfer_runtime/test_conformance.py, every test not marked in_process: 3 modes of health
-# and metadata, 3 x 3 of mlp against torch, binary outputs by default, versions, typed gRPC.
-CONFORMANCE_TESTS = 15
+_READY = "import http.client, sys; c = http.client.HTTPConnection(sys.argv[1], timeout=5); " \
+    "c.request('GET', '/v2/health/ready'); sys.exit(c.getresponse().status != 200)"  # fmt: skip
 
 
-def test_kinfer_runtimes_conformance_tests_pass_against_triton_through_its_service(
-    setup: Setup, namespace: str, wait_for: Any, models: Path
-) -> None:
-    root = models / "conformance"
+def _runtime_tests_against_triton(setup: Setup, namespace: str, wait_for: Any, root: Path,
+                                  *pytest_args: str) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """Serve tests/kinfer_runtime's mlp model (made in `root`) as Triton service `mlp` and run
+    kinfer-runtime's own tests, those not marked in_process, against it through its Service."""
     make = "import sys; from pathlib import Path; from tests.kinfer_runtime.models import make_mlp; " \
         "make_mlp(Path(sys.argv[1]))"  # fmt: skip
     subprocess.run([sys.executable, "-W", "ignore::FutureWarning", "-c", make, str(root / "mlp")],
@@ -216,23 +215,68 @@ def test_kinfer_runtimes_conformance_tests_pass_against_triton_through_its_servi
     setup.wait_ready(wait_for, namespace, isvc, timeout=300)
     service = setup.get(namespace, f"service/{isvc}")
     ip, ports = service["spec"]["clusterIP"], {p["name"]: p["port"] for p in service["spec"]["ports"]}
+    in_services = ["ip", "netns", "exec", "kinfer-services", sys.executable]
+    ready = [*in_services, "-c", _READY, f"{ip}:{ports['http']}"]
+    wait_for(lambda: subprocess.run(ready, timeout=30).returncode == 0, 60,
+             describe=lambda: setup.why(namespace, f"service/{isvc}"))  # fmt: skip
     env = {**os.environ, "KINFER_V2_TARGET": f"{ip}:{ports['http']},{ip}:{ports['grpc']},triton",
            "KINFER_V2_MODEL_ROOT": str(root)}  # fmt: skip
-    argv = ["ip", "netns", "exec", "kinfer-services", sys.executable, "-m", "pytest", "-q", "-p",
-            "no:cacheprovider", "-m", "not in_process",
-            "tests/kinfer_runtime/test_conformance.py"]  # fmt: skip
+    argv = [*in_services, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", "-m", "not in_process",
+            *pytest_args]  # fmt: skip
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    print(out.stdout)  # shown with -rP
+    return out
 
-    def run() -> subprocess.CompletedProcess[str] | None:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
-        # a refused connection (the route to the new pod not there yet) is tried again
-        return None if out.returncode != 0 and "failed to connect" in out.stdout.lower() else out
 
-    out = wait_for(run, 60, describe=lambda: setup.why(namespace, f"service/{isvc}"))
-    print(out.stdout)
-    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
+def _outcomes(out: subprocess.CompletedProcess[str]) -> tuple[int, set[str]]:
+    """How many passed, and which failed, from the summary of `pytest -q -rf`."""
     passed = re.search(r"(\d+) passed", out.stdout)
-    assert passed and int(passed.group(1)) == CONFORMANCE_TESTS, out.stdout[-2000:]
-    assert not re.search(r"\d+ (failed|skipped|error)", out.stdout), out.stdout[-2000:]
+    assert not re.search(r"\d+ (skipped|errors?)\b", out.stdout), out.stdout[-3000:] + out.stderr[-2000:]
+    failed = set(re.findall(r"^FAILED \S+::(\S+)", out.stdout, re.MULTILINE))
+    return (int(passed.group(1)) if passed else 0), failed
+
+
+# tests/kinfer_runtime/test_conformance.py, every test not marked in_process: 3 modes of health
+# and metadata, 3 x 3 of mlp against torch, binary outputs by default, versions, typed gRPC.
+CONFORMANCE_TESTS = 15
+
+
+def test_kinfer_runtimes_conformance_tests_pass_against_triton_through_its_service(
+    setup: Setup, namespace: str, wait_for: Any, models: Path
+) -> None:
+    out = _runtime_tests_against_triton(setup, namespace, wait_for, models / "conformance",
+                                        "tests/kinfer_runtime/test_conformance.py")  # fmt: skip
+    assert _outcomes(out) == (CONFORMANCE_TESTS, set()), out.stdout[-6000:] + out.stderr[-2000:]
+    assert out.returncode == 0
+
+
+# tests/kinfer_runtime/test_bad_input.py against Triton, beside the v2_cases.py statuses compared
+# above: the tests Triton fails, and why (docs/runtime.md). Every other one must pass.
+_CLOSED = "closes the connection without an answer"
+TRITON_FAILS: dict[str, str] = {
+    "test_malformed_http_is_answered_and_closed": _CLOSED,
+    "test_fuzz_rest_infer_never_5xx": "500 for a body its JSON reader refuses",
+    "test_fuzz_raw_bodies_never_5xx": "500 for a body its JSON reader refuses",
+    **{
+        f"test_oversized_heads_are_refused_at_once[{case}]": _CLOSED
+        for case in ("url", "url-48MiB", "header", "header-48MiB")
+    },
+    "test_oversized_heads_are_refused_at_once[header-count]": "serves 101 header fields (no bound)",
+    "test_oversized_heads_are_refused_at_once[content-length]": "waits for a 999,999,999-byte body",
+}
+BAD_INPUT_TESTS = 12  # malformed HTTP, 2 fuzz, 6 oversized heads, 2 header limits, gRPC metadata
+
+
+def test_kinfer_runtimes_other_bad_input_tests_pass_against_triton_but_the_listed_ones(
+    setup: Setup, namespace: str, wait_for: Any, models: Path
+) -> None:
+    out = _runtime_tests_against_triton(
+        setup, namespace, wait_for, models / "bad-input", "tests/kinfer_runtime/test_bad_input.py",
+        "-k", "not test_malformed_request and not test_grpc_errors",
+    )  # fmt: skip
+    passed, failed = _outcomes(out)
+    assert failed == set(TRITON_FAILS), out.stdout[-8000:] + out.stderr[-2000:]
+    assert passed + len(failed) == BAD_INPUT_TESTS, out.stdout[-3000:]
 
 
 def test_a_model_triton_cannot_load_and_a_disagreeing_config_end_in_conditions_saying_why(

@@ -1,4 +1,8 @@
-"""Malformed requests get the right 4xx and a message naming what is wrong; fuzz finds no 5xx."""
+"""Malformed requests get the right 4xx and a message naming what is wrong; fuzz finds no 5xx.
+
+e2e/test_triton.py runs the tests not marked `in_process` against Triton too (conftest.py,
+KINFER_V2_TARGET), all but the two that send v2_cases.py, whose statuses that e2e test compares
+itself. Messages are kinfer's own words: against another server only the statuses are checked."""
 
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ def test_malformed_request(mlp_server: Server, method: str, path: str, body: byt
     assert fragment in json.loads(payload)["error"]
 
 
+@pytest.mark.in_process  # the dtypes model: BF16 and BYTES, which the Triton repository cannot carry
 def test_missing_and_out_of_range_inputs_on_a_multi_input_model(dtypes_server: Server) -> None:
     status, payload = _request(dtypes_server, "POST", "/v2/models/dtypes/infer", json.dumps(
         {"inputs": [{"name": "in_INT8", "datatype": "INT8", "shape": [1, 3], "data": [1, 2, 300]}]}
@@ -135,7 +140,11 @@ def _raw_exchange(server: Server, head: bytes, chunks: int = 0, chunk: bytes = b
 
 def _status_and_error(reply: bytes) -> tuple[int, str]:
     head, _, body = reply.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(body)["error"]
+    try:
+        error = str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        error = f"not a JSON error: {body[:200]!r}"
+    return int(head.split()[1]), error
 
 
 @pytest.mark.parametrize(
@@ -153,14 +162,15 @@ def _status_and_error(reply: bytes) -> tuple[int, str]:
     ],
     ids=["url", "url-48MiB", "header", "header-48MiB", "header-count", "content-length"],
 )  # fmt: skip
-def test_oversized_heads_are_refused_at_once(mlp_server: Server, head: bytes, chunks: int,
-                                             chunk: bytes, status: int, fragment: str
+def test_oversized_heads_are_refused_at_once(mlp_server: Server, server_name: str, head: bytes,
+                                             chunks: int, chunk: bytes, status: int, fragment: str
                                              ) -> None:  # fmt: skip
     import time
 
     t0 = time.monotonic()
     got, error = _status_and_error(_raw_exchange(mlp_server, head, chunks, chunk))
-    assert (got, fragment in error) == (status, True), error
+    assert got == status, error
+    assert fragment in error or server_name != "kinfer", error
     assert time.monotonic() - t0 < 5
     assert _request(mlp_server, "GET", "/v2/health/ready")[0] == 200
 
