@@ -2,7 +2,7 @@
 
 With KINFER_V2_TARGET set (`HTTP_HOST:PORT,GRPC_HOST:PORT,SERVER_NAME`), `mlp_server` is that
 server instead and `model_root` is KINFER_V2_MODEL_ROOT: e2e/test_triton.py runs the conformance
-tests not marked `in_process` against Triton through its Service this way.
+and bad-input tests not marked `in_process` against Triton through its Service this way.
 """
 
 from __future__ import annotations
