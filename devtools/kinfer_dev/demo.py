@@ -25,7 +25,7 @@ import yaml
 
 from kinfer_dev import local, tiny_lm, traffic
 from kinfer_dev.testbed import bed, gateway, install
-from kinfer_dev.testbed.procs import stop
+from kinfer_dev.testbed.procs import log_tail, stop
 
 NAMESPACE = "kinfer-demo"
 NAME = "demo"
@@ -314,7 +314,7 @@ def _stream_evidence(kubeconfig: Path, state: Path, name: str, echo: Echo) -> No
     logs = [*sorted((state / "pods").glob(f"{NAMESPACE}_{name}-*/*.log")), state / "logs" / "gateway.log"]
     for log in logs:
         echo(f"--- the last lines of {log}")
-        echo(_last_lines(log.read_text(errors="replace") if log.is_file() else "(no such file)", 25))
+        echo(log_tail(log, 25).rstrip())
 
 
 def _last_lines(text: str, n: int) -> str:

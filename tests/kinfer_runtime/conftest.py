@@ -18,6 +18,7 @@ from tests.kinfer_runtime import models
 from tests.kinfer_runtime.server_proc import Remote, Server, start_server
 
 TARGET = os.environ.get("KINFER_V2_TARGET", "")
+TARGET_HTTP, TARGET_GRPC, TARGET_NAME = TARGET.split(",") if TARGET else ("", "", "kinfer")
 
 
 @pytest.fixture(scope="session")
@@ -48,8 +49,7 @@ def _session_server(model_root: Path, logs_dir: Path, name: str, *args: str) -> 
 @pytest.fixture(scope="session")
 def mlp_server(model_root: Path, logs_dir: Path) -> Iterator[Server | Remote]:
     if TARGET:
-        http, grpc, _ = TARGET.split(",")
-        yield Remote(http, grpc)
+        yield Remote(TARGET_HTTP, TARGET_GRPC)
         return
     yield from _session_server(model_root, logs_dir, "mlp", "--max-delay-ms", "2")
 
@@ -57,7 +57,7 @@ def mlp_server(model_root: Path, logs_dir: Path) -> Iterator[Server | Remote]:
 @pytest.fixture(scope="session")
 def server_name() -> str:
     """What the server calls itself in its metadata: kinfer, or the KINFER_V2_TARGET's."""
-    return TARGET.split(",")[2] if TARGET else "kinfer"
+    return TARGET_NAME
 
 
 @pytest.fixture(scope="session")
